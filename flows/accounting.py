@@ -1,0 +1,171 @@
+"""The accounting every stage shares: one writer counts, times and writes kept and dropped rows.
+
+A stage decides only keep or drop-with-reason. `StageWriter` writes the kept rows (validated against the stage's
+schema) and the dropped rows (DROPPED_SCHEMA: reason, raw row, kept_id) as Parquet, atomically, and returns the
+counts that go into the manifest. For every stage and source: rows read = rows kept + sum of rows dropped by reason.
+"""
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas import DROPPED_SCHEMA, validate_table
+
+BATCH_ROWS = 20_000
+
+
+class AccountingError(RuntimeError):
+    """Rows were read that were neither kept nor dropped with a reason (or counted twice)."""
+
+
+@dataclass
+class StageCounts:
+    """What one stage did to one source."""
+
+    stage: str
+    source: str
+    read: int = 0
+    kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    kept_path: str | None = None
+    dropped_path: str | None = None
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+    def check(self) -> None:
+        """Raise AccountingError unless read = kept + dropped."""
+        if self.read != self.kept + self.dropped_total:
+            raise AccountingError(
+                f"{self.stage}/{self.source}: read {self.read} rows but kept {self.kept} "
+                f"and dropped {self.dropped_total} ({self.dropped})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file beside `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class _ParquetSink:
+    """Rows buffered and written in batches to a temporary file, renamed into place on commit."""
+
+    def __init__(self, path: Path, schema: pa.Schema, validate: bool) -> None:
+        self.path, self.schema, self.validate = path, schema, validate
+        self.tmp = path.with_name(f".{path.name}.tmp")
+        self.rows: list[dict] = []
+        self.written = 0
+        self.writer: pq.ParquetWriter | None = None
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= BATCH_ROWS:
+            self.flush()
+
+    def add_table(self, table: pa.Table) -> None:
+        self.flush()
+        self._write(table)
+
+    def flush(self) -> None:
+        if self.rows:
+            self._write(pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.rows = []
+
+    def _write(self, table: pa.Table) -> None:
+        table = table.select(self.schema.names).cast(self.schema)
+        if self.validate:
+            validate_table(table, self.schema)
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+        self.writer.write_table(table)
+        self.written += table.num_rows
+
+    def commit(self) -> None:
+        self.flush()
+        if self.writer is None:  # no rows: still write a valid, empty file
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+        self.writer.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class StageWriter:
+    """Counts, times and writes one stage's output for one source; use as a context manager.
+
+    Files: `<stage_dir>/<source>.parquet` (kept) and `<stage_dir>/dropped/<source>.parquet`. They appear only when
+    the block completes and the accounting identity holds; on an error the temporary files are removed.
+    """
+
+    def __init__(self, stage_dir: Path, stage: str, source: str, schema: pa.Schema) -> None:
+        self.counts = StageCounts(stage=stage, source=source)
+        self._reasons: Counter[str] = Counter()
+        self._kept = _ParquetSink(stage_dir / f"{source}.parquet", schema, validate=True)
+        self._dropped = _ParquetSink(stage_dir / "dropped" / f"{source}.parquet", DROPPED_SCHEMA, validate=False)
+        self._start = 0.0
+
+    def __enter__(self) -> "StageWriter":
+        self._start = time.perf_counter()
+        return self
+
+    def read(self, n: int = 1) -> None:
+        """Count rows taken in by the stage (independently of what happens to them)."""
+        self.counts.read += n
+
+    def keep(self, row: dict) -> None:
+        self._kept.add(row)
+
+    def drop(self, row: dict) -> None:
+        """A row not kept: a dict with DROPPED_SCHEMA's fields (reason required)."""
+        self._reasons[row["reason"]] += 1
+        self._dropped.add(row)
+
+    def keep_table(self, table: pa.Table) -> None:
+        self._kept.add_table(table)
+
+    def drop_table(self, table: pa.Table) -> None:
+        self._reasons.update(table.column("reason").to_pylist())
+        self._dropped.add_table(table)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            self._kept.abort()
+            self._dropped.abort()
+            return
+        self._kept.flush()
+        self._dropped.flush()
+        self.counts.kept = self._kept.written
+        self.counts.dropped = dict(sorted(self._reasons.items()))
+        try:
+            self.counts.check()
+        except AccountingError:
+            self._kept.abort()
+            self._dropped.abort()
+            raise
+        self._kept.commit()
+        self._dropped.commit()
+        self.counts.kept_path = str(self._kept.path)
+        self.counts.dropped_path = str(self._dropped.path)
+        self.counts.seconds = round(time.perf_counter() - self._start, 3)

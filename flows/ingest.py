@@ -1,0 +1,89 @@
+"""Ingest stage: native files -> adapter -> clean-up -> validation -> one m3e-hq Parquet file per source.
+
+Rows that cannot become a pair are quarantined (the dropped file) with a reason code and their raw native row.
+"""
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flows.accounting import StageCounts, StageWriter
+from flows.clean import DEFAULT_MAX_CHARS, check_side
+from schemas import M3E_HQ_SCHEMA, row_id
+from sources.adapters import Candidate, candidates
+from sources.catalog import Source
+from sources.readers import SourceFile
+
+STAGE = "ingest"
+PROGRESS_EVERY = 5_000
+
+
+def tags(source: Source) -> dict[str, Any]:
+    """The catalog values every row of a source carries."""
+    return {
+        "source": source.name,
+        "domain": source.domain.value,
+        "task_type": source.task_type.value,
+        "prompt": source.prompt.value,
+        "homogeneous": source.homogeneous,
+        "commercial": source.commercial.value,
+        "research_use": source.research_use.value,
+        "license": source.license,
+        "quality": source.quality.value,
+        "lang": source.lang,
+    }
+
+
+def ingest_source(source: Source, files: list[SourceFile], out_dir: Path, max_chars: int = DEFAULT_MAX_CHARS,
+                  on_progress: Callable[[int], None] | None = None) -> StageCounts:
+    """Ingest one source's native files into `out_dir/ingest/`; returns its counts (read = kept + quarantined)."""
+    source_tags = tags(source)
+    with StageWriter(out_dir / STAGE, STAGE, source.name, M3E_HQ_SCHEMA) as writer:
+        for n, candidate in enumerate(candidates(source, files), start=1):
+            writer.read()
+            row, reason = to_row(candidate, source_tags, max_chars)
+            if row is not None:
+                writer.keep(row)
+            else:
+                writer.drop(quarantine_row(source.name, candidate, reason))
+            if on_progress and n % PROGRESS_EVERY == 0:
+                on_progress(PROGRESS_EVERY)
+    if on_progress:
+        on_progress(writer.counts.read % PROGRESS_EVERY)
+    return writer.counts
+
+
+def to_row(candidate: Candidate, source_tags: dict[str, Any], max_chars: int) -> tuple[dict | None, str | None]:
+    """The m3e-hq row for a candidate, or None and the reason it is quarantined."""
+    if candidate.reason:
+        return None, candidate.reason
+    text, reason = check_side(candidate.text, max_chars)
+    if reason:
+        return None, reason
+    text_pos, reason = check_side(candidate.text_pos, max_chars)
+    if reason:
+        return None, reason
+    row_key = row_id(source_tags["source"], candidate.split, candidate.locator, text, text_pos)
+    return {"id": row_key, "text": text, "text_pos": text_pos, "split": candidate.split, **source_tags}, None
+
+
+def quarantine_row(source: str, candidate: Candidate, reason: str) -> dict[str, Any]:
+    return {
+        "source": source,
+        "split": candidate.split,
+        "locator": candidate.locator,
+        "id": None,
+        "reason": reason,
+        "detail": None,
+        "raw": _raw_json(candidate.raw),
+        "kept_id": None,
+    }
+
+
+def _raw_json(raw: Any) -> str | None:
+    """The raw native row as JSON text; undecodable characters are escaped so the quarantine file stays valid."""
+    if raw is None:
+        return None
+    text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -1,0 +1,19 @@
+"""What an m3e-hq record is: Arrow schemas, enumerations and the one validation function."""
+
+from schemas.enums import Domain, Permission, Prompt, Quality, TaskType
+from schemas.records import DROPPED_SCHEMA, M3E_HQ_SCHEMA, M3E_HQ_WITH_SCORE_SCHEMA, row_id
+from schemas.validate import SchemaError, validate_table
+
+__all__ = [
+    "DROPPED_SCHEMA",
+    "Domain",
+    "M3E_HQ_SCHEMA",
+    "M3E_HQ_WITH_SCORE_SCHEMA",
+    "Permission",
+    "Prompt",
+    "Quality",
+    "SchemaError",
+    "TaskType",
+    "row_id",
+    "validate_table",
+]

@@ -1,0 +1,220 @@
+"""The source catalog (sources/catalog.yaml): loaded once, validated with pydantic, with errors that name the entry."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from schemas.enums import Domain, Permission, Prompt, Quality, TaskType
+
+CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
+EXPECTED_SOURCES = 29
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HubObtain(Strict):
+    """A Hugging Face Hub dataset repo, read at a pinned revision; only files matching allow_patterns are fetched."""
+
+    kind: Literal["hf"]
+    repo: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
+    ref: str = "main"
+    revision: str | None = Field(None, pattern=r"^[0-9a-f]{40}$")
+    allow_patterns: list[str] = Field(min_length=1)
+
+
+class HttpFile(Strict):
+    url: str = Field(pattern=r"^https?://")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+
+class HttpObtain(Strict):
+    """Files (or archives) at public URLs."""
+
+    kind: Literal["http"]
+    files: list[HttpFile] = Field(min_length=1)
+
+
+class ManualObtain(Strict):
+    """A page the user downloads from by hand (login walls, cloud drives), and the file names expected."""
+
+    kind: Literal["manual"]
+    page: str = Field(pattern=r"^https?://")
+    files: list[str] = Field(min_length=1)
+    note: str | None = None
+    unavailable: str | None = None  # why the source can no longer be downloaded at all
+
+
+Obtain = Annotated[HubObtain | HttpObtain | ManualObtain, Field(discriminator="kind")]
+
+
+class FileGroup(Strict):
+    """Native files of one split: a glob relative to the source's folder."""
+
+    glob: str
+    split: str
+
+
+class PairFields(Strict):
+    """Where a pair's sides come from in a native record.
+
+    text: the first field is required; later fields are optional and appended when present, non-empty and new.
+    text_pos: alternative field names; the first one present in the record is used.
+    """
+
+    text: list[str] = Field(min_length=1)
+    text_pos: list[str] = Field(min_length=1)
+
+
+class KeepFilter(Strict):
+    """Keep only records whose `field` has one of `values` (e.g. entailment or label 1 for NLI/similarity sets)."""
+
+    field: str
+    values: list[int | str] = Field(min_length=1)
+
+
+class FlatAdapter(Strict):
+    """One record per row of a Parquet, JSON Lines, JSON or CSV file."""
+
+    name: Literal["flat"]
+    format: Literal["parquet", "jsonl", "json", "csv"]
+    pairs: list[PairFields] = Field(min_length=1)
+    encoding: str = "utf-8"
+    records_key: str | None = None  # JSON only: the key of a top-level object that holds the record list
+    keep: KeepFilter | None = None
+    explode: bool = False  # text_pos fields hold lists: one pair per element
+    transforms: list[Literal["zh_cn", "detokenize"]] = []
+
+
+class SquadAdapter(Strict):
+    """SQuAD-style nested JSON: one pair (question, context) per question."""
+
+    name: Literal["squad"]
+    answerable_only: bool = True
+
+
+class TableQAAdapter(Strict):
+    """Zhuiyi TableQA (NL2SQL): JSON Lines questions with a structured `sql`, rendered with `<file>.tables.json`."""
+
+    name: Literal["tableqa"]
+
+
+Adapter = Annotated[FlatAdapter | SquadAdapter | TableQAAdapter, Field(discriminator="name")]
+
+
+class Source(Strict):
+    """One row of the M3E dataset table plus how to obtain and map it."""
+
+    name: str
+    domain: Domain
+    reported_rows: int = Field(gt=0)
+    task_types: list[TaskType] = Field(min_length=1)
+    prompt: Prompt
+    quality: Quality
+    provider: str
+    description: str
+    research_use: Permission
+    commercial: Permission
+    uniem_script: bool
+    homogeneous: bool
+    url: str = Field(pattern=r"^https?://")
+    license: str
+    lang: str = "zh"
+    obtain: Obtain
+    files: list[FileGroup] = Field(min_length=1)
+    adapter: Adapter
+    eval_splits: list[str] = []
+    eval_note: str | None = None
+
+    @property
+    def task_type(self) -> TaskType:
+        """The primary task type (the first the table lists), stored on every row."""
+        return self.task_types[0]
+
+    @property
+    def available(self) -> bool:
+        return not (isinstance(self.obtain, ManualObtain) and self.obtain.unavailable)
+
+    @model_validator(mode="after")
+    def _eval_splits_exist(self) -> "Source":
+        splits = {g.split for g in self.files}
+        unknown = set(self.eval_splits) - splits
+        if unknown:
+            raise ValueError(f"eval_splits {sorted(unknown)} are not splits of this source ({sorted(splits)})")
+        return self
+
+
+class Catalog(Strict):
+    sources: list[Source]
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[Source]) -> list[Source]:
+        names = [s.name for s in sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate source names {dupes}")
+        return sources
+
+    def get(self, name: str) -> Source:
+        for source in self.sources:
+            if source.name == name:
+                return source
+        raise KeyError(f"unknown source {name!r}; known sources: {', '.join(self.names)}")
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.sources]
+
+    def select(self, names: list[str] | None) -> list[Source]:
+        """The named sources in catalog order (all when `names` is empty); unknown names raise KeyError."""
+        if not names:
+            return list(self.sources)
+        wanted = set(names)
+        unknown = sorted(wanted - set(self.names))
+        if unknown:
+            raise KeyError(f"unknown sources {unknown}; known sources: {', '.join(self.names)}")
+        return [s for s in self.sources if s.name in wanted]
+
+
+class CatalogError(ValueError):
+    """The catalog file is missing, not YAML, or an entry breaks the catalog's rules."""
+
+
+def load_catalog(path: Path = CATALOG_PATH) -> Catalog:
+    """Read and validate a catalog file; errors name the entry and field at fault."""
+    try:
+        entries = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise CatalogError(f"cannot read catalog {path}: {exc}") from exc
+    if not isinstance(entries, list):
+        raise CatalogError(f"catalog {path} must be a YAML list of sources, got {type(entries).__name__}")
+    try:
+        return Catalog(sources=entries)
+    except ValidationError as exc:
+        raise CatalogError(_describe(exc, entries, path)) from exc
+
+
+def _describe(exc: ValidationError, entries: list, path: Path) -> str:
+    lines = [f"catalog {path} is invalid ({exc.error_count()} problems):"]
+    for err in exc.errors():
+        loc = list(err["loc"])
+        where = ""
+        if len(loc) >= 2 and loc[0] == "sources" and isinstance(loc[1], int):
+            entry = entries[loc[1]] if loc[1] < len(entries) else None
+            name = entry.get("name", f"#{loc[1]}") if isinstance(entry, dict) else f"#{loc[1]}"
+            where = f"source {name!r}"
+            loc = loc[2:]
+        field = ".".join(str(part) for part in loc)
+        lines.append(f"  - {where}{' field ' + field if field else ''}: {err['msg']}")
+    return "\n".join(lines)
+
+
+@lru_cache(maxsize=1)
+def default_catalog() -> Catalog:
+    """The shipped catalog, loaded once per process."""
+    return load_catalog(CATALOG_PATH)

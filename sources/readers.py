@@ -1,0 +1,133 @@
+"""Readers of native files: Parquet, JSON Lines (optionally gzipped), JSON documents and CSV.
+
+A reader yields every record it finds with a locator (file and position). What it cannot parse it still yields,
+with a reason code and the raw text, so that nothing in a file is lost without being counted.
+"""
+
+import csv
+import gzip
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+Format = Literal["parquet", "jsonl", "json", "csv"]
+PARQUET_BATCH_ROWS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class NativeRecord:
+    """One record of a native file, or the reason it could not be read (then `raw` holds what was there)."""
+
+    locator: str
+    record: Any = None
+    reason: str | None = None
+    raw: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """A native file of a source: where it is, its path relative to the source folder, and its split."""
+
+    path: Path
+    relpath: str
+    split: str
+
+
+def read_records(file: SourceFile, fmt: Format, encoding: str = "utf-8", records_key: str | None = None,
+                 ) -> Iterator[NativeRecord]:
+    """Every record of `file` in the given native format."""
+    if fmt == "parquet":
+        return _read_parquet(file)
+    if fmt == "jsonl":
+        return _read_jsonl(file, encoding)
+    if fmt == "json":
+        return _read_json(file, encoding, records_key)
+    return _read_csv(file, encoding)
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+
+
+def _read_parquet(file: SourceFile) -> Iterator[NativeRecord]:
+    try:
+        parquet = pq.ParquetFile(file.path)
+        batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS)
+        index = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                yield NativeRecord(f"{file.relpath}:{index}", record=row)
+                index += 1
+    except (OSError, pa.ArrowException) as exc:
+        yield NativeRecord(f"{file.relpath}:file", reason="unreadable_file", raw=f"{type(exc).__name__}: {exc}")
+
+
+def _read_jsonl(file: SourceFile, encoding: str) -> Iterator[NativeRecord]:
+    lineno = 0
+    try:
+        with _open_binary(file.path) as handle:
+            for lineno, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                locator = f"{file.relpath}:{lineno}"
+                try:
+                    text = line.decode(encoding)
+                except UnicodeDecodeError:
+                    yield NativeRecord(locator, reason="invalid_utf8", raw=line.decode(encoding, "backslashreplace"))
+                    continue
+                try:
+                    yield NativeRecord(locator, record=json.loads(text))
+                except json.JSONDecodeError:
+                    yield NativeRecord(locator, reason="invalid_json", raw=text.rstrip("\r\n"))
+    except (OSError, EOFError) as exc:  # a truncated or corrupt gzip stream
+        yield NativeRecord(f"{file.relpath}:{lineno + 1}-end", reason="unreadable_file",
+                           raw=f"{type(exc).__name__}: {exc}")
+
+
+def _read_json(file: SourceFile, encoding: str, records_key: str | None) -> Iterator[NativeRecord]:
+    locator = f"{file.relpath}:file"
+    try:
+        with _open_binary(file.path) as handle:
+            data = handle.read()
+    except (OSError, EOFError) as exc:
+        yield NativeRecord(locator, reason="unreadable_file", raw=f"{type(exc).__name__}: {exc}")
+        return
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        yield NativeRecord(locator, reason="invalid_utf8", raw=f"not {encoding}: {exc}")
+        return
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        yield NativeRecord(locator, reason="invalid_json", raw=f"{exc}: {text[:1000]}")
+        return
+    records = document.get(records_key) if records_key and isinstance(document, dict) else document
+    if not isinstance(records, list):
+        expected = f"an object with a {records_key!r} list" if records_key else "a list of records"
+        yield NativeRecord(locator, reason="invalid_record", raw=f"expected {expected}: {text[:1000]}")
+        return
+    for index, record in enumerate(records):
+        yield NativeRecord(f"{file.relpath}:{index}", record=record)
+
+
+def _read_csv(file: SourceFile, encoding: str) -> Iterator[NativeRecord]:
+    line = 0
+    try:
+        # Undecodable bytes become lone surrogates, so the row they are in is quarantined as invalid_utf8.
+        with file.path.open(encoding=encoding, errors="surrogateescape", newline="") as handle:
+            reader = csv.DictReader(handle)
+            for row in reader:
+                line = reader.line_num
+                extra = row.pop(None, None)  # cells beyond the header
+                if extra:
+                    row["_extra"] = extra
+                yield NativeRecord(f"{file.relpath}:{line}", record=row)
+    except (OSError, csv.Error) as exc:
+        yield NativeRecord(f"{file.relpath}:{line + 1}-end", reason="unreadable_file",
+                           raw=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,167 @@
+"""Every adapter on every shipped sample (counts planted by hand in tests/expected/), and the readers' edge cases."""
+
+import gzip
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import EXPECTED_DIR
+from sources.adapters import candidates
+from sources.adapters.flat import detokenize, zh_cn
+from sources.adapters.tableqa import BadSQL, render_sql
+from sources.catalog import FlatAdapter, SquadAdapter, default_catalog
+from sources.layout import SAMPLES_DIR, locate
+from sources.readers import SourceFile, read_records
+from sources.adapters.flat import adapt_flat
+from sources.adapters.squad import adapt_squad
+
+NAMES = default_catalog().names
+
+
+def expected(name: str) -> dict:
+    return json.loads((EXPECTED_DIR / f"{name}.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_source_ships_a_sample_in_its_native_layout(catalog, name):
+    located = locate(catalog.get(name), SAMPLES_DIR)
+    assert located.files, f"no sample files for {name}"
+    assert (EXPECTED_DIR / f"{name}.json").exists()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sample_counts_match_what_was_planted(samples_build, name):
+    result = next(r for r in samples_build["results"] if r.source == name)
+    assert result.status == "ok", result.message
+    want = expected(name)
+    counts = result.counts
+    assert (counts.read, counts.kept, counts.dropped) == (want["read"], want["kept"], dict(sorted(want["dropped"].items())))
+    kept = pq.read_table(counts.kept_path)
+    splits = dict(Counter(kept.column("split").to_pylist()))
+    assert splits == {split: n for split, n in want["splits"].items() if n}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_samples_are_small_and_hold_malformed_rows(samples_build, name):
+    counts = next(r for r in samples_build["results"] if r.source == name).counts
+    assert 20 <= counts.read <= 220
+    malformed = set(counts.dropped) - {"label_filtered", "unanswerable"}
+    assert len(malformed) >= 2, f"{name} quarantines only {malformed}"
+
+
+def sample_file(tmp_path: Path, name: str, content: bytes, split: str = "train") -> SourceFile:
+    path = tmp_path / name
+    path.write_bytes(content)
+    return SourceFile(path, name, split)
+
+
+def test_jsonl_reader_counts_every_non_blank_line(tmp_path):
+    file = sample_file(tmp_path, "a.jsonl", b'{"a": 1}\n\n  \n{"a": \n\xff\xfe\n[1]\n')
+    records = list(read_records(file, "jsonl"))
+    assert [(r.locator, r.reason) for r in records] == [
+        ("a.jsonl:1", None), ("a.jsonl:4", "invalid_json"), ("a.jsonl:5", "invalid_utf8"), ("a.jsonl:6", None)]
+    assert records[2].raw == "\\xff\\xfe\n"
+
+
+def test_truncated_gzip_is_reported_not_raised(tmp_path):
+    data = gzip.compress(b"".join(b'{"title": "t%d", "text": "x"}\n' % i for i in range(2000)))
+    file = sample_file(tmp_path, "docs.jsonl.gz", data[: len(data) // 2])
+    records = list(read_records(file, "jsonl"))
+    assert records[-1].reason == "unreadable_file"
+    assert all(r.reason is None for r in records[:-1]) and len(records) > 1
+
+
+def test_corrupt_parquet_and_bad_json_documents_become_one_quarantined_unit(tmp_path):
+    assert [r.reason for r in read_records(sample_file(tmp_path, "x.parquet", b"PAR1 nope"), "parquet")] == [
+        "unreadable_file"]
+    assert [r.reason for r in read_records(sample_file(tmp_path, "x.json", b'[{"a": 1}'), "json")] == [
+        "invalid_json"]
+    assert [r.reason for r in read_records(sample_file(tmp_path, "y.json", b'{"rows": []}'), "json", "utf-8",
+                                           "data")] == ["invalid_record"]
+    gbk = "成语".encode("gbk")
+    assert [r.reason for r in read_records(sample_file(tmp_path, "z.json", gbk), "json")] == ["invalid_utf8"]
+
+
+def test_csv_with_undecodable_bytes_quarantines_only_that_row(tmp_path):
+    file = sample_file(tmp_path, "x.csv", "title,reply\n问题,回答\n".encode() + b"\xff\xfe,bad\n" + "甲,乙\n".encode())
+    spec = FlatAdapter(name="flat", format="csv", pairs=[{"text": ["title"], "text_pos": ["reply"]}])
+    from flows.ingest import to_row
+
+    outcomes = [to_row(c, {"source": "s"}, 100)[1] for c in adapt_flat([file], spec)]
+    assert outcomes == [None, "invalid_utf8", None]
+
+
+def test_flat_keep_join_alternatives_and_transforms(tmp_path):
+    lines = [
+        {"q": "長江", "d": "長江", "a": "長江是中國第一長河", "label": 1},  # desc equal to title: not joined
+        {"q": "标题", "d": "描述", "b": "答案", "label": 1},  # text_pos from the second alternative
+        {"q": "标题", "a": "答案", "label": 0},
+        {"q": "标题", "a": "答案"},
+    ]
+    file = sample_file(tmp_path, "x.jsonl", "\n".join(json.dumps(x, ensure_ascii=False) for x in lines).encode())
+    spec = FlatAdapter(name="flat", format="jsonl", keep={"field": "label", "values": [1]}, transforms=["zh_cn"],
+                       pairs=[{"text": ["q", "d"], "text_pos": ["a", "b"]}])
+    got = [(c.text, c.text_pos, c.reason) for c in adapt_flat([file], spec)]
+    assert got == [("长江", "长江是中国第一长河", None), ("标题\n描述", "答案", None),
+                   (None, None, "label_filtered"), (None, None, "missing_field")]
+
+
+def test_explode_gives_one_pair_per_answer_and_rejects_bad_lists_once(tmp_path):
+    lines = [
+        {"question": "问", "human_answers": ["甲", "乙"], "chatgpt_answers": ["丙"]},
+        {"question": "问", "human_answers": "甲", "chatgpt_answers": ["丙"]},
+        {"question": "问", "human_answers": [], "chatgpt_answers": []},
+    ]
+    file = sample_file(tmp_path, "all.jsonl", "\n".join(json.dumps(x, ensure_ascii=False) for x in lines).encode())
+    spec = FlatAdapter(name="flat", format="jsonl", explode=True,
+                       pairs=[{"text": ["question"], "text_pos": ["human_answers"]},
+                              {"text": ["question"], "text_pos": ["chatgpt_answers"]}])
+    got = [(c.locator, c.text_pos, c.reason) for c in adapt_flat([file], spec)]
+    assert got == [("all.jsonl:1#0.0", "甲", None), ("all.jsonl:1#0.1", "乙", None), ("all.jsonl:1#1.0", "丙", None),
+                   ("all.jsonl:2", None, "wrong_type"), ("all.jsonl:3", None, "missing_field")]
+
+
+def test_detokenize_and_zh_cn():
+    assert detokenize("他 在 北京 工作\n") == "他在北京工作"
+    assert detokenize("我 买 了 iPhone 7 手机") == "我买了 iPhone 7 手机"
+    assert zh_cn("臺灣的歷史") == "台湾的历史"
+
+
+def test_squad_gives_one_pair_per_question(tmp_path):
+    doc = {"data": [{"title": "t", "paragraphs": [
+        {"context": "上下文", "qas": [{"question": "问一", "is_impossible": False}, {"question": "问二", "is_impossible": True}, 7]},
+        {"qas": [{"question": "问三"}]},
+        "not a paragraph",
+    ]}, 5]}
+    file = sample_file(tmp_path, "dev.json", json.dumps(doc, ensure_ascii=False).encode())
+    got = [(c.locator, c.text, c.text_pos, c.reason) for c in adapt_squad([file], SquadAdapter(name="squad"))]
+    assert got == [
+        ("dev.json:0/0/0", "问一", "上下文", None), ("dev.json:0/0/1", None, None, "unanswerable"),
+        ("dev.json:0/0/2", None, None, "invalid_record"), ("dev.json:0/1/0", "问三", None, None),
+        ("dev.json:0/2", None, None, "invalid_record"), ("dev.json:1", None, None, "invalid_record"),
+    ]
+
+
+TABLE = {"id": "t1", "name": "Table_t1", "header": ["楼盘", "均价", "城市"], "types": ["text", "real", "text"]}
+
+
+def test_render_sql_from_the_structured_query():
+    sql = {"sel": [1, 0], "agg": [2, 0], "cond_conn_op": 1, "conds": [[2, 2, "上海"], [1, 0, "30000"]]}
+    assert render_sql(sql, TABLE) == 'SELECT MAX(均价), 楼盘 FROM Table_t1 WHERE 城市 = "上海" AND 均价 > 30000'
+    assert render_sql({"sel": [0], "agg": [0], "cond_conn_op": 0, "conds": []}, TABLE) == "SELECT 楼盘 FROM Table_t1"
+
+
+@pytest.mark.parametrize("sql", [
+    {"sel": [3], "agg": [0], "conds": []},  # column out of range
+    {"sel": [0], "agg": [9], "conds": []},  # unknown aggregate
+    {"sel": [0], "agg": [0], "conds": [[0, 7, "x"]]},  # unknown operator
+    {"sel": [0, 1], "agg": [0], "conds": []},  # sel and agg differ in length
+    {"sel": [-1], "agg": [0], "conds": []},
+    "SELECT 1",
+])
+def test_render_sql_rejects_malformed_queries(sql):
+    with pytest.raises(BadSQL):
+        render_sql(sql, TABLE)

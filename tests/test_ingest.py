@@ -1,0 +1,107 @@
+"""The ingest stage: accounting identity for every source, deterministic ids, clean valid rows, atomic outputs."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from flows.accounting import AccountingError, StageCounts, StageWriter
+from flows.ingest import ingest_source
+from schemas import DROPPED_SCHEMA, M3E_HQ_SCHEMA, validate_table
+from sources.catalog import default_catalog
+from sources.layout import SAMPLES_DIR, locate
+
+NAMES = default_catalog().names
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_accounting_identity_and_outputs_for_every_source(samples_build, catalog, name):
+    result = next(r for r in samples_build["results"] if r.source == name)
+    counts = result.counts
+    kept = pq.read_table(counts.kept_path)
+    dropped = pq.read_table(counts.dropped_path)
+    # the files hold exactly what was counted, and every row read is in one of them
+    assert counts.read == kept.num_rows + dropped.num_rows == counts.kept + counts.dropped_total
+    assert kept.schema.equals(M3E_HQ_SCHEMA, check_metadata=False)
+    assert dropped.schema.equals(DROPPED_SCHEMA, check_metadata=False)
+    validate_table(kept, M3E_HQ_SCHEMA)
+    source = catalog.get(name)
+    assert set(kept.column("source").to_pylist()) <= {name}
+    assert set(kept.column("commercial").to_pylist()) <= {source.commercial.value}
+    assert set(kept.column("homogeneous").to_pylist()) <= {source.homogeneous}
+    assert set(kept.column("split").to_pylist()) <= {g.split for g in source.files}
+    reasons = dropped.column("reason").to_pylist()
+    assert {r: reasons.count(r) for r in set(reasons)} == counts.dropped
+    # nothing is quarantined without the raw row it came from
+    assert all(raw for raw in dropped.column("raw").to_pylist())
+
+
+def test_manifest_accounts_for_every_row(samples_build):
+    manifest = json.loads(open(samples_build["manifest"], encoding="utf-8").read())
+    ingest = manifest["stages"]["ingest"]
+    assert len(ingest["sources"]) == 29
+    assert ingest["totals"]["read"] == ingest["totals"]["kept"] + sum(ingest["totals"]["dropped"].values())
+    for name, counts in ingest["sources"].items():
+        assert counts["read"] == counts["kept"] + sum(counts["dropped"].values()), name
+        assert manifest["sources"][name]["status"] == "ok"
+    assert manifest["params"]["samples"] is True
+
+
+def test_kept_text_is_cleaned(samples_build):
+    for result in samples_build["results"]:
+        kept = pq.read_table(result.counts.kept_path)
+        for column in ("text", "text_pos"):
+            for value in kept.column(column).to_pylist():
+                assert value == value.strip()
+                assert not any(c in value for c in "\u200b\u200c\u200d\u2060\ufeff\x00\x07\r"), (result.source, value)
+
+
+def test_source_specific_mapping_on_the_samples(samples_build):
+    def kept(name):
+        result = next(r for r in samples_build["results"] if r.source == name)
+        return pq.read_table(result.counts.kept_path).to_pylist()
+
+    miracl = kept("miracl-corpus")
+    assert not any(c in row["text"] + row["text_pos"] for row in miracl for c in "長臺歷這個們")
+    wiki = kept("wiki_atomic_edit")
+    assert all("  " not in r["text"] and not r["text_pos"].endswith("\n") for r in wiki)
+    assert sum(" " in r["text"] for r in wiki) < len(wiki) / 2  # de-tokenised: only Latin words keep spaces
+    nl2sql = kept("Zhuiyi-NL2SQL")
+    assert all(r["text_pos"].startswith("SELECT ") and " FROM " in r["text_pos"] for r in nl2sql)
+    xlsum = kept("xlsum")
+    assert len({r["text"] for r in xlsum}) < len(xlsum)  # two pairs per article share its title
+
+
+def test_ids_are_identical_across_two_runs(tmp_path, catalog):
+    source = catalog.get("SimCLUE")
+    files = locate(source, SAMPLES_DIR).files
+    first = ingest_source(source, files, tmp_path / "a")
+    second = ingest_source(source, files, tmp_path / "b")
+    assert pq.read_table(first.kept_path).column("id") == pq.read_table(second.kept_path).column("id")
+
+
+def test_absurdly_long_text_is_quarantined(tmp_path, catalog):
+    source = catalog.get("ocnli")
+    counts = ingest_source(source, locate(source, SAMPLES_DIR).files, tmp_path, max_chars=12)
+    assert counts.dropped.get("text_too_long", 0) > 0
+    counts.check()
+
+
+def test_a_failing_stage_leaves_no_output(tmp_path):
+    stage_dir = tmp_path / "ingest"
+    with pytest.raises(RuntimeError, match="boom"):
+        with StageWriter(stage_dir, "ingest", "s", DROPPED_SCHEMA) as writer:
+            writer.read()
+            writer.drop({"source": "s", "locator": "f:1", "reason": "empty_text"})
+            raise RuntimeError("boom")
+    assert not list(stage_dir.rglob("*.parquet")) and not list(stage_dir.rglob("*.tmp"))
+
+
+def test_unaccounted_rows_fail_the_stage(tmp_path):
+    with pytest.raises(AccountingError, match="read 2 rows but kept 0 and dropped 1"):
+        with StageWriter(tmp_path, "ingest", "s", DROPPED_SCHEMA) as writer:
+            writer.read(2)
+            writer.drop({"source": "s", "locator": "f:1", "reason": "empty_text"})
+    assert not list(tmp_path.rglob("*.parquet"))
+    with pytest.raises(AccountingError):
+        StageCounts("ingest", "s", read=3, kept=1, dropped={"x": 1}).check()

@@ -113,8 +113,8 @@ def build(
 
 def summary_table(results: list) -> Table:
     table = Table(title="ingest: rows per source")
-    for column in ("source", "status", "read", "kept", "quarantined", "reasons"):
-        table.add_column(column, justify="right" if column in ("read", "kept", "quarantined") else "left")
+    for column in ("source", "status", "read", "kept", "dropped", "reasons"):
+        table.add_column(column, justify="right" if column in ("read", "kept", "dropped") else "left")
     totals = [0, 0, 0]
     for r in results:
         c = r.counts

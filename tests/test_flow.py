@@ -1,0 +1,91 @@
+"""The build-m3e-hq Prefect flow and the m3e-hq CLI, run for real against a temporary Prefect server."""
+
+import json
+from pathlib import Path
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from flows.build import FLOW_NAME, build_m3e_hq
+from flows.cli import app, markdown_table
+from flows.params import BuildParams
+from sources import adapters
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+def test_flow_ingests_the_selected_sources_and_writes_the_manifest(prefect_server, tmp_path):
+    assert build_m3e_hq.name == FLOW_NAME == "build-m3e-hq"
+    summary = build_m3e_hq(samples=True, sources=["ocnli", "Chinese-SQuAD", "Zhuiyi-NL2SQL"], out_dir=str(tmp_path))
+    assert [r.source for r in summary["results"]] == ["ocnli", "Zhuiyi-NL2SQL", "Chinese-SQuAD"]
+    assert all(r.status == "ok" for r in summary["results"])
+    manifest = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
+    assert set(manifest["stages"]["ingest"]["sources"]) == {"ocnli", "Chinese-SQuAD", "Zhuiyi-NL2SQL"}
+    assert sorted(p.name for p in (tmp_path / "ingest").glob("*.parquet")) == [
+        "Chinese-SQuAD.parquet", "Zhuiyi-NL2SQL.parquet", "ocnli.parquet"]
+
+
+def test_a_failing_source_does_not_stop_the_others(prefect_server, tmp_path, monkeypatch):
+    def broken(files, spec):
+        raise ValueError("adapter exploded")
+
+    monkeypatch.setitem(adapters.ADAPTERS, "squad", broken)
+    result = CliRunner().invoke(app, ["build", "--samples", "-s", "Chinese-SQuAD,SimCLUE", "--out", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "Chinese-SQuAD: failed" in result.output and "adapter exploded" in result.output
+    manifest = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["sources"]["Chinese-SQuAD"]["status"] == "failed"
+    assert manifest["sources"]["SimCLUE"]["status"] == "ok"
+    assert (tmp_path / "ingest" / "SimCLUE.parquet").exists()
+    assert not (tmp_path / "ingest" / "Chinese-SQuAD.parquet").exists()
+
+
+def test_missing_sources_are_reported_with_what_to_do(prefect_server, tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "lawzhidao").mkdir(parents=True)
+    summary = build_m3e_hq(raw_dir=str(raw), sources=["lawzhidao", "amazon_reviews_multi", "cmrc2018"],
+                           out_dir=str(tmp_path / "out"))
+    status = {r.source: r for r in summary["results"]}
+    assert status["lawzhidao"].status == "missing"
+    assert "download by hand from https://www.heywhale.com" in status["lawzhidao"].message
+    assert "lawzhidao_filter.csv" in status["lawzhidao"].message
+    assert status["amazon_reviews_multi"].message.startswith("unavailable: taken down")
+    assert status["cmrc2018"].message.startswith("no files matching data/train-*.parquet")
+
+
+def test_cli_build_on_samples_prints_the_summary(prefect_server, tmp_path):
+    result = CliRunner().invoke(app, ["build", "--samples", "--sources", "ocnli", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "ocnli" in result.output and "label_filtered 40" in result.output
+    assert f"Manifest: {tmp_path / 'manifest.json'}" in result.output.replace("\n", "")
+
+
+def test_build_params_errors_say_what_to_do():
+    with pytest.raises(ValidationError, match="choose the input: samples=true"):
+        BuildParams()
+    with pytest.raises(ValidationError, match="unknown sources \\['nope'\\]"):
+        BuildParams(samples=True, sources=["nope"])
+    result = CliRunner().invoke(app, ["build"])
+    assert result.exit_code == 2 and "choose the input" in result.output
+
+
+def test_cli_sources_lists_the_catalog(catalog):
+    result = CliRunner().invoke(app, ["sources"])
+    assert result.exit_code == 0
+    for name in catalog.names:
+        assert name in result.output
+    markdown = CliRunner().invoke(app, ["sources", "--markdown"]).output
+    assert markdown.strip() == markdown_table(catalog.sources)
+    assert markdown.count("\n| ") == 29  # one line per source after the header
+
+
+def test_readme_source_table_is_generated_from_the_catalog(catalog):
+    assert markdown_table(catalog.sources) in README.read_text(encoding="utf-8")

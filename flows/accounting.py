@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -125,7 +125,7 @@ class StageWriter:
         self._dropped = _ParquetSink(stage_dir / "dropped" / f"{source}.parquet", DROPPED_SCHEMA, validate=False)
         self._start = 0.0
 
-    def __enter__(self) -> "StageWriter":
+    def __enter__(self) -> Self:
         self._start = time.perf_counter()
         return self
 

@@ -15,7 +15,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import progress
 from flows.accounting import StageCounts
-from flows.ingest import STAGE as INGEST, ingest_source
+from flows.ingest import STAGE as INGEST
+from flows.ingest import ingest_source
 from flows.manifest import write_manifest
 from flows.params import BuildParams
 from sources.catalog import ManualObtain, Source, default_catalog
@@ -60,7 +61,7 @@ def ingest_one(source_name: str, input_dir: Path, build_dir: Path, max_chars: in
                             missing_files=located.missing)
     try:
         counts = ingest_source(source, located.files, build_dir, max_chars, progress.counter(source_name))
-    except Exception as exc:  # reported per source so that one broken source does not stop the build
+    except Exception as exc:  # noqa: BLE001 - reported per source: one broken source does not stop the build
         detail = "".join(traceback.format_exception_only(exc)).strip()
         return SourceResult(source_name, "failed", detail, files, located.missing)
     return SourceResult(source_name, "ok", None, files, located.missing, counts)

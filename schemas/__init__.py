@@ -6,9 +6,9 @@ from schemas.validate import SchemaError, validate_table
 
 __all__ = [
     "DROPPED_SCHEMA",
-    "Domain",
     "M3E_HQ_SCHEMA",
     "M3E_HQ_WITH_SCORE_SCHEMA",
+    "Domain",
     "Permission",
     "Prompt",
     "Quality",

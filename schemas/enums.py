@@ -1,6 +1,7 @@
 """Enumerations of an m3e-hq row: stable English codes stored in the data, the M3E table's Chinese labels for display."""
 
 from enum import StrEnum
+from typing import Self
 
 
 class LabelledEnum(StrEnum):
@@ -8,14 +9,14 @@ class LabelledEnum(StrEnum):
 
     label_zh: str
 
-    def __new__(cls, code: str, label_zh: str) -> "LabelledEnum":
+    def __new__(cls, code: str, label_zh: str) -> Self:
         member = str.__new__(cls, code)
         member._value_ = code
         member.label_zh = label_zh
         return member
 
     @classmethod
-    def from_label(cls, label_zh: str) -> "LabelledEnum":
+    def from_label(cls, label_zh: str) -> Self:
         """The member whose Chinese label is `label_zh` (as written in the M3E table)."""
         for member in cls:
             if member.label_zh == label_zh:

@@ -22,6 +22,7 @@ class HubObtain(Strict):
 
     kind: Literal["hf"]
     repo: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
+    configs: list[str] = []  # the Hub configs read (empty: the repo's default)
     ref: str = "main"
     revision: str | None = Field(None, pattern=r"^[0-9a-f]{40}$")
     allow_patterns: list[str] = Field(min_length=1)

@@ -7,16 +7,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import EXPECTED_DIR
-from sources.adapters import candidates
-from sources.adapters.flat import detokenize, zh_cn
+
+from sources.adapters.flat import adapt_flat, detokenize, zh_cn
+from sources.adapters.squad import adapt_squad
 from sources.adapters.tableqa import BadSQL, render_sql
 from sources.catalog import FlatAdapter, SquadAdapter, default_catalog
 from sources.layout import SAMPLES_DIR, locate
 from sources.readers import SourceFile, read_records
-from sources.adapters.flat import adapt_flat
-from sources.adapters.squad import adapt_squad
 
 NAMES = default_catalog().names
 

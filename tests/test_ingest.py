@@ -1,6 +1,7 @@
 """The ingest stage: accounting identity for every source, deterministic ids, clean valid rows, atomic outputs."""
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -37,7 +38,7 @@ def test_accounting_identity_and_outputs_for_every_source(samples_build, catalog
 
 
 def test_manifest_accounts_for_every_row(samples_build):
-    manifest = json.loads(open(samples_build["manifest"], encoding="utf-8").read())
+    manifest = json.loads(Path(samples_build["manifest"]).read_text(encoding="utf-8"))
     ingest = manifest["stages"]["ingest"]
     assert len(ingest["sources"]) == 29
     assert ingest["totals"]["read"] == ingest["totals"]["kept"] + sum(ingest["totals"]["dropped"].values())
@@ -89,19 +90,18 @@ def test_absurdly_long_text_is_quarantined(tmp_path, catalog):
 
 def test_a_failing_stage_leaves_no_output(tmp_path):
     stage_dir = tmp_path / "ingest"
-    with pytest.raises(RuntimeError, match="boom"):
-        with StageWriter(stage_dir, "ingest", "s", DROPPED_SCHEMA) as writer:
-            writer.read()
-            writer.drop({"source": "s", "locator": "f:1", "reason": "empty_text"})
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), StageWriter(stage_dir, "ingest", "s", DROPPED_SCHEMA) as writer:
+        writer.read()
+        writer.drop({"source": "s", "locator": "f:1", "reason": "empty_text"})
+        raise RuntimeError("boom")
     assert not list(stage_dir.rglob("*.parquet")) and not list(stage_dir.rglob("*.tmp"))
 
 
 def test_unaccounted_rows_fail_the_stage(tmp_path):
-    with pytest.raises(AccountingError, match="read 2 rows but kept 0 and dropped 1"):
-        with StageWriter(tmp_path, "ingest", "s", DROPPED_SCHEMA) as writer:
-            writer.read(2)
-            writer.drop({"source": "s", "locator": "f:1", "reason": "empty_text"})
+    with (pytest.raises(AccountingError, match="read 2 rows but kept 0 and dropped 1"),
+          StageWriter(tmp_path, "ingest", "s", DROPPED_SCHEMA) as writer):
+        writer.read(2)
+        writer.drop({"source": "s", "locator": "f:1", "reason": "empty_text"})
     assert not list(tmp_path.rglob("*.parquet"))
     with pytest.raises(AccountingError):
         StageCounts("ingest", "s", read=3, kept=1, dropped={"x": 1}).check()

@@ -13,8 +13,11 @@ from rich.table import Table
 from sources.catalog import CatalogError, HttpObtain, HubObtain, Source, default_catalog
 
 # Offline-safe Prefect defaults for local runs (set before prefect is imported; the user's settings win).
+# The temporary server a local run starts logs harmless CancelledError tracebacks while it shuts down after the
+# flow has finished; its log level is raised so that they do not bury the build summary.
 for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                     "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_UI_ENABLED": "false"}.items():
+                     "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
+                     "PREFECT_SERVER_UI_ENABLED": "false"}.items():
     os.environ.setdefault(_key, _value)
 
 app = typer.Typer(help="Build m3e-hq, the cleaned M3E Chinese text-pair dataset, from its 29 sources.",
@@ -112,18 +115,23 @@ def build(
 
 
 def summary_table(results: list) -> Table:
+    """Rows read, kept, filtered by the source's own rule, and quarantined as malformed, per source."""
+    from flows.ingest import RULE_REASONS
+
     table = Table(title="ingest: rows per source")
-    for column in ("source", "status", "read", "kept", "dropped", "reasons"):
-        table.add_column(column, justify="right" if column in ("read", "kept", "dropped") else "left")
-    totals = [0, 0, 0]
+    for column in ("source", "status", "read", "kept", "filtered", "quarantined", "reasons"):
+        table.add_column(column, justify="left" if column in ("source", "status", "reasons") else "right")
+    totals = [0, 0, 0, 0]
     for r in results:
         c = r.counts
         if c is None:
-            table.add_row(r.source, r.status, "-", "-", "-", "")
+            table.add_row(r.source, r.status, "-", "-", "-", "-", "")
             continue
-        totals = [totals[0] + c.read, totals[1] + c.kept, totals[2] + c.dropped_total]
+        filtered = sum(n for reason, n in c.dropped.items() if reason in RULE_REASONS)
+        row = [c.read, c.kept, filtered, c.dropped_total - filtered]
+        totals = [t + n for t, n in zip(totals, row)]
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(c.dropped.items(), key=lambda kv: -kv[1]))
-        table.add_row(r.source, r.status, f"{c.read:,}", f"{c.kept:,}", f"{c.dropped_total:,}", reasons)
+        table.add_row(r.source, r.status, *(f"{n:,}" for n in row), reasons)
     table.add_section()
     table.add_row("total", "", *(f"{n:,}" for n in totals), "")
     return table

@@ -16,6 +16,8 @@ from sources.catalog import Source
 from sources.readers import SourceFile
 
 STAGE = "ingest"
+# Rows the source's own rule leaves out (not positive pairs); every other reason marks a malformed row.
+RULE_REASONS = frozenset({"label_filtered", "unanswerable"})
 PROGRESS_EVERY = 5_000
 
 

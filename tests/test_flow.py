@@ -64,7 +64,10 @@ def test_missing_sources_are_reported_with_what_to_do(prefect_server, tmp_path):
 def test_cli_build_on_samples_prints_the_summary(prefect_server, tmp_path):
     result = CliRunner().invoke(app, ["build", "--samples", "--sources", "ocnli", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "ocnli" in result.output and "label_filtered 40" in result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("│ ocnli"))
+    # read, kept, filtered (not entailment), quarantined (malformed)
+    assert [cell.strip() for cell in row.split("│")[3:7]] == ["61", "18", "40", "3"]
+    assert "label_filtered 40" in row
     assert f"Manifest: {tmp_path / 'manifest.json'}" in result.output.replace("\n", "")
 
 

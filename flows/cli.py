@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from flows.clean import DEFAULT_MAX_CHARS
 from sources.catalog import CatalogError, HttpObtain, HubObtain, Source, default_catalog
 
 # Offline-safe Prefect defaults for local runs (set before prefect is imported; the user's settings win).
@@ -84,7 +85,7 @@ def build(
     source: Annotated[list[str] | None, typer.Option("--sources", "-s", help="a source to build (repeatable)")] = None,
     out: Annotated[Path | None, typer.Option(help="build folder (default data/build/samples or data/build/local)")]
     = None,
-    max_chars: Annotated[int, typer.Option(help="longest text kept per side, in characters")] = 100_000,
+    max_chars: Annotated[int, typer.Option(help="longest text kept per side, in characters")] = DEFAULT_MAX_CHARS,
 ) -> None:
     """Run the build-m3e-hq flow: ingest every selected source, print per-source counts, write the manifest."""
     from flows.params import BuildParams

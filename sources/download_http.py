@@ -1,0 +1,282 @@
+"""Downloads of the catalog's `http` sources: resumable, retried, checksummed; and safe extraction of their archives.
+
+Plain Python (no Prefect): `download_file` streams a URL to `<dest>.part`, resumes it with an HTTP Range request,
+retries transient failures with exponential backoff, and renames the part to `dest` only once it is complete and its
+sha256 matches. `extract_archive` unpacks .zip / .tar / .tar.gz / .tgz into a temporary sibling folder, refusing
+members that would escape the target, links and oversized archives, then renames the folder into place.
+"""
+
+import hashlib
+import os
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import IO, Any
+
+import httpx
+
+HASH_CHUNK = 1 << 20
+DEFAULT_MAX_BYTES = 20 << 30  # 20 GiB uncompressed
+_CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)")
+
+
+class DownloadError(RuntimeError):
+    """A download that failed for good: a refused request, or a transient failure that outlasted the retries."""
+
+    def __init__(self, message: str, *, url: str, attempts: int, status: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.attempts = attempts
+        self.status = status
+
+
+class ChecksumError(DownloadError):
+    """The downloaded (or already present) file does not have the catalog's sha256."""
+
+
+class UnsafeArchiveError(ValueError):
+    """An archive with a member that escapes the target, a link member, or too much uncompressed data."""
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """A completed download: the file, its sha256 and size, whether a partial file was resumed, requests made."""
+
+    path: Path
+    sha256: str
+    bytes: int
+    resumed: bool
+    attempts: int
+
+
+class _Transient(Exception):
+    """A failure worth retrying (5xx, 429, a short body, an unusable partial file)."""
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total size) of a Content-Range header; None for parts that are absent or `*`."""
+    match = _CONTENT_RANGE.fullmatch((value or "").strip())
+    if not match:
+        return None, None
+    start, total = match.groups()
+    return (int(start) if start else None), (int(total) if total != "*" else None)
+
+
+def _refusal_message(url: str, response: httpx.Response) -> str:
+    status = response.status_code
+    if status in (401, 403):
+        hint = "the server refuses access (login or licence wall?); download the file by hand from its page"
+    elif status in (404, 410):
+        hint = "the file is gone or moved; check the URL in sources/catalog.yaml or download the file by hand"
+    else:
+        hint = "check the URL in sources/catalog.yaml, or download the file by hand"
+    return f"GET {url} failed with HTTP {status} {response.reason_phrase}: {hint}"
+
+
+def _fetch_once(client: httpx.Client, url: str, part: Path, chunk_bytes: int, attempts: int) -> bool:
+    """One GET that appends to (206) or rewrites (200) `part`; True when it resumed an existing part.
+
+    Raises _Transient for retryable outcomes (the part is kept whenever it is still a valid prefix),
+    DownloadError for a refusal, httpx.TransportError for network failures.
+    """
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    with client.stream("GET", url, headers=headers) as response:
+        status = response.status_code
+        if status == 416 and offset:
+            _, total = _parse_content_range(response.headers.get("Content-Range"))
+            if total == offset:
+                return True  # the part already holds the whole file
+            part.unlink()
+            raise _Transient(f"HTTP 416 for a partial file of {offset} bytes (server size {total}); starting over")
+        if status == 429 or status >= 500:
+            raise _Transient(f"HTTP {status} {response.reason_phrase}")
+        if status >= 400:
+            raise DownloadError(_refusal_message(url, response), url=url, attempts=attempts, status=status)
+
+        length = response.headers.get("Content-Length")
+        resumed = status == 206 and offset > 0
+        if resumed:
+            start, total = _parse_content_range(response.headers.get("Content-Range"))
+            if start != offset:
+                part.unlink()
+                raise _Transient(f"HTTP 206 started at byte {start}, not {offset}; starting over")
+            expected = total if total is not None else (offset + int(length) if length else None)
+        else:  # 200 (the server ignored or was not sent a Range): start from zero
+            expected = int(length) if length else None
+        # Chunks are written as they arrive (a cut transfer keeps every byte received); chunk_bytes is the write buffer.
+        with part.open("ab" if resumed else "wb", buffering=chunk_bytes) as fh:
+            for chunk in response.iter_raw():
+                fh.write(chunk)
+    size = part.stat().st_size
+    if expected is not None and size != expected:
+        raise _Transient(f"incomplete body: {size} of {expected} bytes")
+    return resumed
+
+
+def download_file(
+    url: str,
+    dest: Path,
+    sha256: str | None = None,
+    *,
+    retries: int = 4,
+    backoff: float = 0.5,
+    timeout: float = 60.0,
+    chunk_bytes: int = 1 << 20,
+) -> DownloadResult:
+    """Download `url` to `dest` (resuming `<dest>.part`), verify `sha256` when given, and return what was done.
+
+    An existing `dest` is not downloaded again (only checked against `sha256`). Transient failures (5xx, 429,
+    network errors, a body cut short) are retried up to `retries` more times, sleeping `backoff * 2**n` before the
+    n-th retry (n from 0); a cut transfer resumes where it stopped. Other 4xx answers fail at once.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        actual = file_sha256(dest)
+        if sha256 and actual != sha256:
+            raise ChecksumError(
+                f"{dest} (from {url}) has sha256 {actual}, expected {sha256}; delete it to download again",
+                url=url,
+                attempts=0,
+            )
+        return DownloadResult(dest, actual, dest.stat().st_size, resumed=False, attempts=0)
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    resumed = False
+    last_error: Exception | None = None
+    attempts = 0
+    with httpx.Client(timeout=timeout, follow_redirects=True) as client:
+        for attempt in range(retries + 1):
+            if attempt:
+                time.sleep(backoff * 2 ** (attempt - 1))
+            attempts = attempt + 1
+            try:
+                resumed |= _fetch_once(client, url, part, chunk_bytes, attempts)
+                break
+            except (_Transient, httpx.TransportError) as exc:
+                last_error = exc
+        else:
+            cause = f"{type(last_error).__name__}: {last_error}"
+            raise DownloadError(
+                f"GET {url} failed after {attempts} attempts; last error: {cause}", url=url, attempts=attempts
+            ) from last_error
+
+    actual = file_sha256(part)
+    if sha256 and actual != sha256:
+        part.unlink()
+        raise ChecksumError(
+            f"checksum mismatch for {url}: expected sha256 {sha256}, got {actual}", url=url, attempts=attempts
+        )
+    size = part.stat().st_size
+    os.replace(part, dest)
+    return DownloadResult(dest, actual, size, resumed=resumed, attempts=attempts)
+
+
+# --- archives ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Member:
+    name: str
+    is_dir: bool
+    size: int
+
+
+def _check_member(archive: Path, member: _Member, root: Path) -> Path:
+    """The member's path under `root`, or UnsafeArchiveError when it is absolute or escapes `root`."""
+    if PurePosixPath(member.name).is_absolute() or PureWindowsPath(member.name).is_absolute():
+        raise UnsafeArchiveError(f"{archive}: member {member.name!r} has an absolute path")
+    path = (root / member.name).resolve()
+    if not path.is_relative_to(root):
+        raise UnsafeArchiveError(f"{archive}: member {member.name!r} would be written outside the target folder")
+    return path
+
+
+def _zip_members(archive: Path, zf: zipfile.ZipFile) -> list[tuple[_Member, zipfile.ZipInfo]]:
+    members = []
+    for info in zf.infolist():
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise UnsafeArchiveError(f"{archive}: member {info.filename!r} is a symbolic link")
+        members.append((_Member(info.filename, info.is_dir(), info.file_size), info))
+    return members
+
+
+def _tar_members(archive: Path, tf: tarfile.TarFile) -> list[tuple[_Member, tarfile.TarInfo]]:
+    members = []
+    for info in tf.getmembers():
+        if info.issym() or info.islnk():
+            raise UnsafeArchiveError(f"{archive}: member {info.name!r} is a link (to {info.linkname!r})")
+        if not (info.isfile() or info.isdir()):
+            raise UnsafeArchiveError(f"{archive}: member {info.name!r} is not a regular file or folder")
+        members.append((_Member(info.name, info.isdir(), info.size), info))
+    return members
+
+
+@contextmanager
+def _open_archive(archive: Path) -> Iterator[tuple[list[tuple[_Member, Any]], Callable[[Any], IO[bytes]]]]:
+    """The archive's checked-for-links members and a function opening a member's data stream."""
+    name = archive.name.lower()
+    if name.endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            yield _zip_members(archive, zf), zf.open
+    elif name.endswith((".tar", ".tar.gz", ".tgz")):
+        with tarfile.open(archive, "r:*") as tf:
+            yield _tar_members(archive, tf), tf.extractfile
+    else:
+        raise ValueError(f"{archive}: unsupported archive type (expected .zip, .tar, .tar.gz or .tgz)")
+
+
+def extract_archive(archive: Path, target: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> list[Path]:
+    """Extract a .zip / .tar / .tar.gz / .tgz archive to `target` (which must not exist); returns the files, sorted.
+
+    Every member is checked before anything is written: absolute paths, paths escaping `target`, symbolic or hard
+    links, and a declared uncompressed total above `max_bytes` raise UnsafeArchiveError. Declared sizes bind: tar
+    members are read for exactly their header size, and zipfile stops at the declared size and checks the CRC (a
+    lying zip raises zipfile.BadZipFile). Extraction goes to a temporary sibling folder renamed to `target` at the
+    end, so `target` only ever appears complete; on any error the temporary folder is removed.
+    """
+    archive, target = Path(archive), Path(target)
+    if target.exists():
+        raise FileExistsError(f"{target} already exists; delete it to extract {archive} again")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)).resolve()
+    try:
+        with _open_archive(archive) as (members, open_member):
+            paths = [_check_member(archive, member, tmp) for member, _ in members]
+            declared = sum(member.size for member, _ in members if not member.is_dir)
+            if declared > max_bytes:
+                raise UnsafeArchiveError(f"{archive}: {declared} bytes uncompressed exceeds max_bytes={max_bytes}")
+            files = []
+            for (member, info), path in zip(members, paths, strict=True):
+                if member.is_dir:
+                    path.mkdir(parents=True, exist_ok=True)
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open_member(info) as src, path.open("wb") as out:
+                    shutil.copyfileobj(src, out, HASH_CHUNK)
+                files.append(target / path.relative_to(tmp))
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return sorted(set(files))

@@ -3,12 +3,13 @@
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from flows.accounting import AccountingError, StageCounts, StageWriter
 from flows.ingest import ingest_source
-from schemas import DROPPED_SCHEMA, M3E_HQ_SCHEMA, validate_table
+from schemas import DROPPED_SCHEMA, M3E_HQ_SCHEMA, SchemaError, validate_table
 from sources.catalog import default_catalog
 from sources.layout import SAMPLES_DIR, locate
 
@@ -105,3 +106,20 @@ def test_unaccounted_rows_fail_the_stage(tmp_path):
     assert not list(tmp_path.rglob("*.parquet"))
     with pytest.raises(AccountingError):
         StageCounts("ingest", "s", read=3, kept=1, dropped={"x": 1}).check()
+
+
+def test_stage_writer_takes_whole_tables_and_counts_their_reasons(tmp_path, catalog):
+    source = catalog.get("ocnli")
+    ingested = ingest_source(source, locate(source, SAMPLES_DIR).files, tmp_path / "a")
+    kept = pq.read_table(ingested.kept_path)
+    dropped = pq.read_table(ingested.dropped_path)
+    with StageWriter(tmp_path / "b", "copy", "ocnli", M3E_HQ_SCHEMA) as writer:
+        writer.read(kept.num_rows + dropped.num_rows)
+        writer.keep_table(kept)
+        writer.drop_table(dropped)
+    assert (writer.counts.kept, writer.counts.dropped) == (ingested.kept, ingested.dropped)
+    assert pq.read_table(writer.counts.kept_path).equals(kept)
+    with (pytest.raises(SchemaError, match="domain.*sports"),
+          StageWriter(tmp_path / "c", "copy", "ocnli", M3E_HQ_SCHEMA) as writer):
+        writer.keep_table(kept.set_column(4, "domain", pa.array(["sports"] * kept.num_rows)))
+    assert not list((tmp_path / "c").rglob("*.parquet"))

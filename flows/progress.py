@@ -13,8 +13,8 @@ _progress: Progress | None = None
 def showing(console: Console | None = None) -> Iterator[Progress]:
     """Show progress bars on `console` while the block runs."""
     global _progress
-    progress = Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
-                        TimeElapsedColumn(), console=console, transient=False)
+    progress = Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), console=console, transient=False)
     _progress = progress
     try:
         with progress:
@@ -23,10 +23,10 @@ def showing(console: Console | None = None) -> Iterator[Progress]:
         _progress = None
 
 
-def counter(description: str) -> Callable[[int], None] | None:
-    """A callback that advances a bar named `description` by n rows, or None when no bars are shown."""
+def counter(description: str, unit: str = "rows") -> Callable[[int], None] | None:
+    """A callback that advances a bar named `description` by n units, or None when no bars are shown."""
     progress = _progress
     if progress is None:
         return None
-    task = progress.add_task(description, total=None)
+    task = progress.add_task(description, total=None, unit=unit)
     return lambda n: progress.advance(task, n)

@@ -90,7 +90,8 @@ def _refusal_message(url: str, response: httpx.Response) -> str:
     return f"GET {url} failed with HTTP {status} {response.reason_phrase}: {hint}"
 
 
-def _fetch_once(client: httpx.Client, url: str, part: Path, chunk_bytes: int, attempts: int) -> bool:
+def _fetch_once(client: httpx.Client, url: str, part: Path, chunk_bytes: int, attempts: int,
+                on_bytes: Callable[[int], None] | None) -> bool:
     """One GET that appends to (206) or rewrites (200) `part`; True when it resumed an existing part.
 
     Raises _Transient for retryable outcomes (the part is kept whenever it is still a valid prefix),
@@ -127,6 +128,8 @@ def _fetch_once(client: httpx.Client, url: str, part: Path, chunk_bytes: int, at
         with part.open("ab" if resumed else "wb", buffering=chunk_bytes) as fh:
             for chunk in response.iter_raw():
                 fh.write(chunk)
+                if on_bytes:
+                    on_bytes(len(chunk))
     size = part.stat().st_size
     if expected is not None and size != expected:
         raise _Transient(f"incomplete body: {size} of {expected} bytes")
@@ -142,12 +145,14 @@ def download_file(
     backoff: float = 0.5,
     timeout: float = 60.0,
     chunk_bytes: int = 1 << 20,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> DownloadResult:
     """Download `url` to `dest` (resuming `<dest>.part`), verify `sha256` when given, and return what was done.
 
     An existing `dest` is not downloaded again (only checked against `sha256`). Transient failures (5xx, 429,
     network errors, a body cut short) are retried up to `retries` more times, sleeping `backoff * 2**n` before the
     n-th retry (n from 0); a cut transfer resumes where it stopped. Other 4xx answers fail at once.
+    `on_bytes` is called with the size of each chunk written (for a progress bar).
     """
     dest = Path(dest)
     if dest.exists():
@@ -171,7 +176,7 @@ def download_file(
                 time.sleep(backoff * 2 ** (attempt - 1))
             attempts = attempt + 1
             try:
-                resumed |= _fetch_once(client, url, part, chunk_bytes, attempts)
+                resumed |= _fetch_once(client, url, part, chunk_bytes, attempts, on_bytes)
                 break
             except (_Transient, httpx.TransportError) as exc:
                 last_error = exc
@@ -193,6 +198,14 @@ def download_file(
 
 
 # --- archives ---------------------------------------------------------------------------------------------------
+
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+
+
+def is_archive(name: str) -> bool:
+    """Whether `extract_archive` unpacks a file of this name."""
+    return name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -236,14 +249,14 @@ def _tar_members(archive: Path, tf: tarfile.TarFile) -> list[tuple[_Member, tarf
 def _open_archive(archive: Path) -> Iterator[tuple[list[tuple[_Member, Any]], Callable[[Any], IO[bytes]]]]:
     """The archive's checked-for-links members and a function opening a member's data stream."""
     name = archive.name.lower()
+    if not is_archive(name):
+        raise ValueError(f"{archive}: unsupported archive type (expected {', '.join(ARCHIVE_SUFFIXES)})")
     if name.endswith(".zip"):
         with zipfile.ZipFile(archive) as zf:
             yield _zip_members(archive, zf), zf.open
-    elif name.endswith((".tar", ".tar.gz", ".tgz")):
+    else:
         with tarfile.open(archive, "r:*") as tf:
             yield _tar_members(archive, tf), tf.extractfile
-    else:
-        raise ValueError(f"{archive}: unsupported archive type (expected .zip, .tar, .tar.gz or .tgz)")
 
 
 def extract_archive(archive: Path, target: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> list[Path]:

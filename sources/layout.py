@@ -17,9 +17,8 @@ class Located:
     missing: list[str]
 
 
-def locate(source: Source, root: Path) -> Located:
-    """Match the source's file globs under `root/<source name>/`, each group sorted by path."""
-    folder = root / source.name
+def locate(source: Source, folder: Path) -> Located:
+    """Match the source's file globs under its `folder`, each group sorted by path."""
     files: list[SourceFile] = []
     missing: list[str] = []
     for group in source.files:

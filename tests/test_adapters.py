@@ -25,7 +25,7 @@ def expected(name: str) -> dict:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_source_ships_a_sample_in_its_native_layout(catalog, name):
-    located = locate(catalog.get(name), SAMPLES_DIR)
+    located = locate(catalog.get(name), SAMPLES_DIR / name)
     assert located.files, f"no sample files for {name}"
     assert (EXPECTED_DIR / f"{name}.json").exists()
 

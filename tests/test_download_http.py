@@ -90,6 +90,13 @@ def test_download_records_sha256_and_skips_existing_file(httpserver: HTTPServer,
     assert len(httpserver.log) == 1
 
 
+def test_progress_callback_sees_every_byte(httpserver: HTTPServer, tmp_path: Path) -> None:
+    httpserver.expect_request("/f.bin").respond_with_data(DATA)
+    seen: list[int] = []
+    download_file(httpserver.url_for("/f.bin"), tmp_path / "f.bin", DATA_SHA, **FAST, on_bytes=seen.append)
+    assert sum(seen) == len(DATA) and all(n > 0 for n in seen)
+
+
 def test_existing_file_with_wrong_sha256_is_reported(httpserver: HTTPServer, tmp_path: Path) -> None:
     dest = tmp_path / "f.bin"
     dest.write_bytes(b"something else")

@@ -76,7 +76,7 @@ def test_source_specific_mapping_on_the_samples(samples_build):
 
 def test_ids_are_identical_across_two_runs(tmp_path, catalog):
     source = catalog.get("SimCLUE")
-    files = locate(source, SAMPLES_DIR).files
+    files = locate(source, SAMPLES_DIR / source.name).files
     first = ingest_source(source, files, tmp_path / "a")
     second = ingest_source(source, files, tmp_path / "b")
     assert pq.read_table(first.kept_path).column("id") == pq.read_table(second.kept_path).column("id")
@@ -84,7 +84,7 @@ def test_ids_are_identical_across_two_runs(tmp_path, catalog):
 
 def test_absurdly_long_text_is_quarantined(tmp_path, catalog):
     source = catalog.get("ocnli")
-    counts = ingest_source(source, locate(source, SAMPLES_DIR).files, tmp_path, max_chars=12)
+    counts = ingest_source(source, locate(source, SAMPLES_DIR / source.name).files, tmp_path, max_chars=12)
     assert counts.dropped.get("text_too_long", 0) > 0
     counts.check()
 
@@ -110,7 +110,7 @@ def test_unaccounted_rows_fail_the_stage(tmp_path):
 
 def test_stage_writer_takes_whole_tables_and_counts_their_reasons(tmp_path, catalog):
     source = catalog.get("ocnli")
-    ingested = ingest_source(source, locate(source, SAMPLES_DIR).files, tmp_path / "a")
+    ingested = ingest_source(source, locate(source, SAMPLES_DIR / source.name).files, tmp_path / "a")
     kept = pq.read_table(ingested.kept_path)
     dropped = pq.read_table(ingested.dropped_path)
     with StageWriter(tmp_path / "b", "copy", "ocnli", M3E_HQ_SCHEMA) as writer:

@@ -1,0 +1,290 @@
+"""Obtaining sources for real, offline: Hub downloads from a local stand-in (HF_ENDPOINT), HTTP downloads from a
+local server, the cache, and the manual folder; then the same ingest as the shipped samples."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import EXPECTED_DIR, fake_commit
+from pytest_httpserver import HTTPServer
+
+from flows.build import build_sources, ingest_one
+from flows.download import MissingSourcesError, obtain_sources
+from flows.params import BuildParams
+from sources import cache
+from sources.catalog import HttpFile, HttpObtain, HubObtain, Source
+from sources.download_http import file_sha256
+from sources.fetch import fetch_source, source_status
+from sources.layout import SAMPLES_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def hub_names(catalog) -> list[str]:
+    return [s.name for s in catalog.sources if isinstance(s.obtain, HubObtain)]
+
+
+def expected(name: str) -> dict:
+    return json.loads((EXPECTED_DIR / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def sample_files(name: str) -> dict[str, int]:
+    folder = SAMPLES_DIR / name
+    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+
+
+# --- Hub ------------------------------------------------------------------------------------------------------------
+
+
+def test_hub_source_is_downloaded_at_the_pinned_revision_with_only_its_data_files(mock_hub, tmp_path, catalog):
+    source = catalog.get("cmrc2018")
+    got = fetch_source(source, tmp_path / "cache", tmp_path / "manual")
+    assert got.status == "downloaded", got.message
+    assert got.revision == source.obtain.revision
+    assert got.files == sample_files("cmrc2018")
+    folder = cache.source_folder(tmp_path / "cache", "cmrc2018")
+    assert got.folder == folder
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts}
+    assert on_disk == set(sample_files("cmrc2018"))  # no loading script, no README
+    assert not [r for r in mock_hub.requests if r.endswith((".py", "README.md"))]
+    assert all(source.obtain.revision in r for r in mock_hub.requests if "/resolve/" in r)
+    record = cache.read_record(tmp_path / "cache", "cmrc2018")
+    assert record["status"] == "cached" and record["revision"] == source.obtain.revision
+
+
+def test_unpinned_ref_is_resolved_to_a_commit_which_is_recorded(mock_hub, tmp_path, catalog):
+    source = catalog.get("BQ")
+    assert source.obtain.revision is None and source.obtain.ref == "refs/convert/parquet"
+    got = fetch_source(source, tmp_path / "cache", tmp_path / "manual")
+    commit = fake_commit("shibing624/nli_zh", "refs/convert/parquet")
+    assert got.status == "downloaded" and got.revision == commit
+    assert f"resolved to {commit}; pin it" in got.message
+    assert "GET /api/datasets/shibing624/nli_zh/revision/refs/convert/parquet" in mock_hub.requests
+    assert not any("LCQMC" in r for r in mock_hub.requests if "/resolve/" in r)  # same repo, other config
+
+
+def test_every_hub_source_downloads_and_ingests_like_its_sample(mock_hub, tmp_path, catalog):
+    names = hub_names(catalog)
+    assert len(names) == 18
+    params = BuildParams(sources=names, cache_dir=tmp_path / "cache", manual_dir=tmp_path / "manual",
+                         out_dir=tmp_path / "out")
+    summary = build_sources(params)
+    manifest = json.loads(Path(summary["manifest"]).read_text(encoding="utf-8"))
+    for result in summary["results"]:
+        want = expected(result.source)
+        assert result.status == "ok", (result.source, result.message)
+        assert (result.counts.read, result.counts.kept, result.counts.dropped) == (
+            want["read"], want["kept"], want["dropped"]), result.source
+        obtain = catalog.get(result.source).obtain
+        used = manifest["sources"][result.source]["obtained"]["revision"]
+        assert used == (obtain.revision or fake_commit(obtain.repo, obtain.ref))
+
+
+def test_a_second_run_uses_the_cache_without_any_request(mock_hub, tmp_path, catalog):
+    source = catalog.get("ocnli")
+    first = fetch_source(source, tmp_path / "cache", tmp_path / "manual")
+    mock_hub.requests.clear()
+    second = fetch_source(source, tmp_path / "cache", tmp_path / "manual")
+    assert (first.status, second.status) == ("downloaded", "cached")
+    assert second.files == first.files and second.revision == first.revision
+    assert mock_hub.requests == []
+
+
+def test_a_damaged_cache_file_is_not_taken_as_complete(mock_hub, tmp_path, catalog):
+    source = catalog.get("ocnli")
+    got = fetch_source(source, tmp_path / "cache", tmp_path / "manual")
+    damaged = got.folder / next(iter(got.files))
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    status = source_status(source, tmp_path / "cache", tmp_path / "manual")
+    assert status.status == "not downloaded" and "recorded bytes differ" in status.message
+    again = fetch_source(source, tmp_path / "cache", tmp_path / "manual")
+    assert again.status == "downloaded" and again.files == got.files
+    assert damaged.stat().st_size == got.files[damaged.relative_to(got.folder).as_posix()]
+
+
+def test_a_new_revision_in_the_catalog_replaces_the_cached_files(mock_hub, tmp_path, catalog):
+    source = catalog.get("webqa")
+    fetch_source(source, tmp_path / "cache", tmp_path / "manual")
+    new_commit = "a" * 40
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / "train.json").write_bytes((SAMPLES_DIR / "webqa" / "train.json").read_bytes())
+    mock_hub.add(source.obtain.repo, new_commit, newer, [])
+    moved = source.model_copy(update={"obtain": source.obtain.model_copy(update={"revision": new_commit})})
+    got = fetch_source(moved, tmp_path / "cache", tmp_path / "manual")
+    # the new commit lacks dev.json and test.json: the old copies must not linger and be read as that revision's
+    assert got.status == "failed" and "has no files matching dev.json, test.json" in got.message
+    assert not (cache.source_folder(tmp_path / "cache", "webqa") / "dev.json").exists()
+    assert source_status(moved, tmp_path / "cache", tmp_path / "manual").status == "failed"
+
+
+def test_a_transient_hub_error_is_retried(mock_hub, tmp_path, catalog):
+    source = catalog.get("csl")
+    path = f"/datasets/neuclir/csl/resolve/{fake_commit('neuclir/csl', 'main')}/data/csl.jsonl.gz"
+    mock_hub.fail[f"GET {path}"] = 1  # huggingface_hub does not retry a 500 on a file body: the fetch does
+    got = fetch_source(source, tmp_path / "cache", tmp_path / "manual")
+    assert got.status == "downloaded", got.message
+    assert sum(r == f"GET {path}" for r in mock_hub.requests) == 2
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    ({"repo": "gone/away"}, "dataset repo gone/away not found on the Hub"),
+    ({"revision": "b" * 40}, f"revision {'b' * 40} not found in hfl/cmrc2018"),
+])
+def test_hub_errors_fail_the_source_and_say_what_to_fix(mock_hub, tmp_path, catalog, change, says):
+    source = catalog.get("cmrc2018")
+    broken = source.model_copy(update={"obtain": source.obtain.model_copy(update=change)})
+    got = fetch_source(broken, tmp_path / "cache", tmp_path / "manual")
+    assert got.status == "failed" and says in got.message
+    status = source_status(broken, tmp_path / "cache", tmp_path / "manual")
+    assert status.status == "failed" and says in status.message
+
+
+def test_warm_cache_works_with_hf_hub_offline_and_a_cold_one_fails_clearly(mock_hub, tmp_path, catalog):
+    for name in ("cmrc2018", "xlsum"):
+        assert fetch_source(catalog.get(name), tmp_path / "cache", tmp_path / "manual").status == "downloaded"
+    cache.record_path(tmp_path / "cache", "cmrc2018").unlink()  # record lost: huggingface_hub checks its own
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from flows.download import obtain_sources\n"
+        "from flows.params import BuildParams\n"
+        "out = obtain_sources(BuildParams(sources=['cmrc2018', 'xlsum', 'BQ'], cache_dir=Path(sys.argv[1])))\n"
+        "print(json.dumps({o.source: [o.status, o.message] for o in out}))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "cache")], check=False, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["xlsum"] == ["cached", None]
+    assert got["cmrc2018"][0] == "downloaded"  # found complete in huggingface_hub's local-dir metadata
+    assert got["BQ"][0] == "failed" and "not in the cache and the Hub cannot be reached" in got["BQ"][1]
+
+
+# --- HTTP -----------------------------------------------------------------------------------------------------------
+
+
+def zip_of(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def simclue_zip() -> bytes:
+    folder = SAMPLES_DIR / "SimCLUE"
+    return zip_of({p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()})
+
+
+def served(source: Source, httpserver: HTTPServer, sha256: str | None) -> Source:
+    """The source with its download URL moved to the local server."""
+    url = httpserver.url_for("/tasks/simclue_public.zip")
+    return source.model_copy(update={"obtain": HttpObtain(kind="http", files=[HttpFile(url=url, sha256=sha256)])})
+
+
+def test_http_archive_is_downloaded_extracted_recorded_and_ingested(httpserver, tmp_path, catalog):
+    body = simclue_zip()
+    httpserver.expect_oneshot_request("/tasks/simclue_public.zip").respond_with_data(body)
+    source = served(catalog.get("SimCLUE"), httpserver, None)
+    got = fetch_source(source, tmp_path / "cache", tmp_path / "manual")
+    assert got.status == "downloaded", got.message
+    sha = file_sha256(cache.downloads_folder(tmp_path / "cache", "SimCLUE") / "simclue_public.zip")
+    assert got.sha256 == {source.obtain.files[0].url: sha}
+    assert f"no sha256 in the catalog for {source.obtain.files[0].url}; downloaded {sha}" == got.message
+    result = ingest_one(got, tmp_path / "out", 100_000)
+    want = expected("SimCLUE")
+    assert (result.counts.read, result.counts.kept, result.counts.dropped) == (
+        want["read"], want["kept"], want["dropped"])
+    again = fetch_source(source, tmp_path / "cache", tmp_path / "manual")  # oneshot: a second request would fail
+    assert again.status == "cached" and again.sha256 == got.sha256
+
+
+def test_http_checksum_mismatch_is_rejected_and_not_cached(httpserver, tmp_path, catalog):
+    httpserver.expect_request("/tasks/simclue_public.zip").respond_with_data(simclue_zip())
+    source = served(catalog.get("SimCLUE"), httpserver, "0" * 64)
+    got = fetch_source(source, tmp_path / "cache", tmp_path / "manual")
+    assert got.status == "failed" and "checksum mismatch" in got.message
+    assert not cache.source_folder(tmp_path / "cache", "SimCLUE").exists()
+    assert not list(cache.downloads_folder(tmp_path / "cache", "SimCLUE").iterdir())
+    assert source_status(source, tmp_path / "cache", tmp_path / "manual").status == "failed"
+
+
+def test_http_archive_escaping_its_folder_is_rejected(httpserver, tmp_path, catalog):
+    evil = zip_of({"simclue_public/train_pair_postive.json": b"{}\n", "../../escaped.txt": b"gotcha"})
+    httpserver.expect_request("/tasks/simclue_public.zip").respond_with_data(evil)
+    got = fetch_source(served(catalog.get("SimCLUE"), httpserver, None), tmp_path / "cache", tmp_path / "manual")
+    assert got.status == "failed" and "UnsafeArchiveError" in got.message and "outside the target" in got.message
+    assert not list(tmp_path.rglob("escaped.txt"))
+    assert not cache.source_folder(tmp_path / "cache", "SimCLUE").exists()
+
+
+def test_http_404_fails_the_source_with_a_hint(httpserver, tmp_path, catalog):
+    httpserver.expect_request("/tasks/simclue_public.zip").respond_with_data("gone", status=404)
+    got = fetch_source(served(catalog.get("SimCLUE"), httpserver, None), tmp_path / "cache", tmp_path / "manual")
+    assert got.status == "failed" and "HTTP 404" in got.message and "download the file by hand" in got.message
+
+
+def test_http_500_is_retried(httpserver, tmp_path, catalog):
+    httpserver.expect_ordered_request("/tasks/simclue_public.zip").respond_with_data("busy", status=500)
+    httpserver.expect_ordered_request("/tasks/simclue_public.zip").respond_with_data(simclue_zip())
+    got = fetch_source(served(catalog.get("SimCLUE"), httpserver, None), tmp_path / "cache", tmp_path / "manual")
+    assert got.status == "downloaded", got.message
+
+
+# --- manual ---------------------------------------------------------------------------------------------------------
+
+
+def test_missing_manual_source_is_skipped_with_where_to_get_it(tmp_path, catalog):
+    got = fetch_source(catalog.get("lawzhidao"), tmp_path / "cache", tmp_path / "manual")
+    assert got.status == "skipped" and not got.ok
+    assert got.message == (
+        "download by hand from https://www.heywhale.com/mw/dataset/5e953ca8e7ec38002d02fca7/content (login required; "
+        "also on Baidu pan via SophonPlus/ChineseNlpCorpus (datasets/lawzhidao)) and put lawzhidao_filter.csv in "
+        f"{tmp_path / 'manual' / 'lawzhidao'}/")
+
+
+def test_present_manual_sources_are_ingested_and_partial_ones_flagged(tmp_path, catalog):
+    manual = tmp_path / "manual"
+    for name in ("lawzhidao", "Zhuiyi-NL2SQL"):
+        for rel in catalog.get(name).obtain.files:
+            if (SAMPLES_DIR / name / rel).exists():
+                (manual / name / rel).parent.mkdir(parents=True, exist_ok=True)
+                (manual / name / rel).write_bytes((SAMPLES_DIR / name / rel).read_bytes())
+    (manual / "Zhuiyi-NL2SQL" / "val" / "val.tables.json").unlink()
+    obtained = obtain_sources(BuildParams(sources=["lawzhidao", "Zhuiyi-NL2SQL", "amazon_reviews_multi"],
+                                          cache_dir=tmp_path / "cache", manual_dir=manual))
+    law, zhuiyi, amazon = ({o.source: o for o in obtained}[n] for n in ("lawzhidao", "Zhuiyi-NL2SQL",
+                                                                         "amazon_reviews_multi"))
+    assert law.status == "present" and law.folder == manual / "lawzhidao"
+    assert zhuiyi.status == "partial" and zhuiyi.missing == ["train/train.json", "train/train.tables.json",
+                                                                 "val/val.tables.json"]
+    assert amazon.status == "unavailable" and amazon.message.startswith("unavailable: taken down")
+    result = ingest_one(law, tmp_path / "out", 100_000)
+    assert (result.counts.read, result.counts.kept) == (expected("lawzhidao")["read"], expected("lawzhidao")["kept"])
+    with pytest.raises(MissingSourcesError) as err:
+        obtain_sources(BuildParams(sources=["lawzhidao", "Zhuiyi-NL2SQL", "amazon_reviews_multi", "DuSQL"],
+                                   cache_dir=tmp_path / "cache", manual_dir=manual, require_all=True))
+    message = str(err.value)
+    assert "2 selected sources were not obtained" in message
+    assert "Zhuiyi-NL2SQL: partial" in message and "DuSQL: skipped: download by hand from https://www.luge.ai" in message
+    assert "amazon_reviews_multi" not in message
+
+
+def test_cache_and_manual_folders_follow_options_then_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv(cache.CACHE_ENV, raising=False)
+    monkeypatch.delenv(cache.MANUAL_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.cache_dir() == tmp_path / "xdg" / "m3e-hq"
+    assert cache.manual_dir() == ROOT / "data" / "manual"
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "env-cache"))
+    monkeypatch.setenv(cache.MANUAL_ENV, str(tmp_path / "env-manual"))
+    assert (cache.cache_dir(), cache.manual_dir()) == (tmp_path / "env-cache", tmp_path / "env-manual")
+    assert cache.cache_dir(tmp_path / "opt") == tmp_path / "opt"
+    assert BuildParams(manual_dir=tmp_path / "m").manual_root == tmp_path / "m"

@@ -1,8 +1,9 @@
 """The `build-m3e-hq` Prefect flow: a thin shell over the plain stage functions.
 
-`build_sources` is the plain function (no Prefect); the flow maps one ingest task per source and writes the
-manifest. A source whose files are absent is reported as missing, one that raises is reported as failed:
-neither stops the other sources.
+`build_sources` is the plain function (no Prefect); the flow maps one obtain task (download, cache or manual
+folder) and then one ingest task per source, and writes the manifest. A source that cannot be obtained is reported
+as skipped, unavailable or failed, one whose folder lacks its files as missing, one whose ingest raises as failed:
+none of these stops the other sources.
 """
 
 import traceback
@@ -15,11 +16,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import progress
 from flows.accounting import StageCounts
+from flows.download import obtain_mapped, obtain_sources
 from flows.ingest import STAGE as INGEST
 from flows.ingest import ingest_source
 from flows.manifest import write_manifest
 from flows.params import BuildParams
 from sources.catalog import ManualObtain, Source, default_catalog
+from sources.fetch import Obtained
 from sources.layout import locate
 
 FLOW_NAME = "build-m3e-hq"
@@ -27,13 +30,19 @@ FLOW_NAME = "build-m3e-hq"
 
 @dataclass
 class SourceResult:
-    """How one source fared: ok, missing (no files) or failed (an error), and its ingest counts when ok."""
+    """How one source fared, and its ingest counts when ok.
+
+    status: ok, missing (its folder lacks the files), skipped / unavailable (a manual source not there), or failed
+    (download or ingest error). `obtained` records how the files were had: cache, download (Hub commit, sha256) or
+    manual folder.
+    """
 
     source: str
     status: str
     message: str | None = None
     files: list[str] = field(default_factory=list)
     missing_files: list[str] = field(default_factory=list)
+    obtained: dict[str, Any] | None = None
     counts: StageCounts | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -51,20 +60,25 @@ def missing_message(source: Source, folder: Path) -> str:
     return f"no files matching {expected} in {folder}/"
 
 
-def ingest_one(source_name: str, input_dir: Path, build_dir: Path, max_chars: int) -> SourceResult:
-    """Locate and ingest one source; missing files and errors become a status, never an exception."""
-    source = default_catalog().get(source_name)
-    located = locate(source, input_dir)
+def ingest_one(obtained: Obtained, build_dir: Path, max_chars: int) -> SourceResult:
+    """Ingest one obtained source; absent files and errors become a status, never an exception."""
+    name = obtained.source
+    summary = obtained.summary()
+    if not obtained.ok or obtained.folder is None:
+        return SourceResult(name, obtained.status, obtained.message, missing_files=obtained.missing,
+                            obtained=summary)
+    source = default_catalog().get(name)
+    located = locate(source, obtained.folder)
     files = [f.relpath for f in located.files]
     if not located.files:
-        return SourceResult(source_name, "missing", missing_message(source, input_dir / source_name),
-                            missing_files=located.missing)
+        return SourceResult(name, "missing", missing_message(source, obtained.folder), missing_files=located.missing,
+                            obtained=summary)
     try:
-        counts = ingest_source(source, located.files, build_dir, max_chars, progress.counter(source_name))
+        counts = ingest_source(source, located.files, build_dir, max_chars, progress.counter(name))
     except Exception as exc:  # noqa: BLE001 - reported per source: one broken source does not stop the build
         detail = "".join(traceback.format_exception_only(exc)).strip()
-        return SourceResult(source_name, "failed", detail, files, located.missing)
-    return SourceResult(source_name, "ok", None, files, located.missing, counts)
+        return SourceResult(name, "failed", detail, files, located.missing, summary)
+    return SourceResult(name, "ok", obtained.message, files, located.missing, summary, counts)
 
 
 def finish(params: BuildParams, results: list[SourceResult]) -> dict[str, Any]:
@@ -76,23 +90,23 @@ def finish(params: BuildParams, results: list[SourceResult]) -> dict[str, Any]:
 
 
 def build_sources(params: BuildParams) -> dict[str, Any]:
-    """The whole build without Prefect: ingest every selected source in turn, then write the manifest."""
-    sources = default_catalog().select(params.sources)
-    results = [ingest_one(s.name, params.input_dir, params.build_dir, params.max_chars) for s in sources]
+    """The whole build without Prefect: obtain and ingest every selected source in turn, then write the manifest."""
+    results = [ingest_one(o, params.build_dir, params.max_chars) for o in obtain_sources(params)]
     return finish(params, results)
 
 
-ingest_task = task(ingest_one, name="ingest", task_run_name="ingest-{source_name}")
+ingest_task = task(ingest_one, name="ingest", task_run_name="ingest-{obtained.source}")
 
 
 @flow(name=FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)
 def build_m3e_hq(samples: bool = False, raw_dir: str | None = None, sources: list[str] | None = None,
                  out_dir: str | None = None, max_chars: int = BuildParams.model_fields["max_chars"].default,
+                 cache_dir: str | None = None, manual_dir: str | None = None, require_all: bool = False,
                  ) -> dict[str, Any]:
-    """Build m3e-hq: ingest each selected source (one mapped task per source), then write the manifest."""
+    """Build m3e-hq: obtain each selected source (download, cache, manual folder or samples), ingest each one,
+    then write the manifest."""
     params = BuildParams(samples=samples, raw_dir=raw_dir, sources=sources or [], out_dir=out_dir,
-                         max_chars=max_chars)
-    names = [s.name for s in default_catalog().select(params.sources)]
-    futures = ingest_task.map(names, input_dir=params.input_dir, build_dir=params.build_dir,
-                              max_chars=params.max_chars)
+                         max_chars=max_chars, cache_dir=cache_dir, manual_dir=manual_dir, require_all=require_all)
+    obtained = obtain_mapped(params)
+    futures = ingest_task.map(obtained, build_dir=params.build_dir, max_chars=params.max_chars)
     return finish(params, [f.result() for f in futures])

@@ -1,9 +1,10 @@
-"""The `m3e-hq` command line: `sources` lists the catalog, `build` runs the build-m3e-hq flow locally."""
+"""The `m3e-hq` command line: `sources` lists the catalog and what is cached, `download` fetches the sources,
+`build` runs the build-m3e-hq flow locally."""
 
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -11,7 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.clean import DEFAULT_MAX_CHARS
-from sources.catalog import CatalogError, HttpObtain, HubObtain, Source, default_catalog
+from sources import cache
+from sources.catalog import CatalogError, HttpObtain, HubObtain, ManualObtain, Source, default_catalog
+from sources.fetch import Obtained, source_status
 
 # Offline-safe Prefect defaults for local runs (set before prefect is imported; the user's settings win).
 # The temporary server a local run starts logs harmless CancelledError tracebacks while it shuts down after the
@@ -56,9 +59,55 @@ def markdown_table(sources: list[Source]) -> str:
     return "\n".join(lines)
 
 
+CacheOption = Annotated[Path | None, typer.Option(help=f"download cache (default ${cache.CACHE_ENV} or "
+                                                     "~/.cache/m3e-hq)")]
+ManualOption = Annotated[Path | None, typer.Option(help=f"folder of hand-downloaded sources, <dir>/<source>/ "
+                                                      f"(default ${cache.MANUAL_ENV} or data/manual)")]
+SourcesOption = Annotated[list[str] | None, typer.Option("--sources", "-s", help="a source to use (repeatable, or "
+                                                         "comma-separated); default all")]
+RequireAllOption = Annotated[bool, typer.Option("--require-all", help="fail when a selected source cannot be "
+                                                "obtained (sources the catalog marks unavailable excepted)")]
+
+
+def status_text(o: Obtained) -> str:
+    """A source's cache status in a few words: cached (with the commit or hash), manual, failed or not downloaded."""
+    if o.status == "cached":
+        if o.revision:
+            return f"cached @{o.revision[:12]}"
+        return "cached sha256 " + ", ".join(h[:12] for h in o.sha256.values())
+    if o.status == "present":
+        return "manual: present"
+    if o.status == "partial":
+        return f"manual: partial (missing {', '.join(o.missing)})"
+    if o.status == "skipped":
+        return "missing (manual)"
+    if o.status == "failed":
+        return f"failed: {o.message}"
+    return o.status
+
+
+def manual_markdown_table(sources: list[Source], manual_root: str = "data/manual") -> str:
+    """The README's table of the sources downloaded by hand: where to get them, which files go where."""
+    lines = ["| source | download from | put these files | in |", "|---|---|---|---|"]
+    for s in sources:
+        obtain = s.obtain
+        if isinstance(obtain, ManualObtain):
+            note = f" ({obtain.unavailable})" if obtain.unavailable else (f" ({obtain.note})" if obtain.note else "")
+            page = "unavailable" if obtain.unavailable else obtain.page
+            files = ", ".join(f"`{f}`" for f in obtain.files)
+            lines.append(f"| {s.name} | {page}{note} | {files} | `{manual_root}/{s.name}/` |")
+    return "\n".join(lines)
+
+
 @app.command()
-def sources(markdown: Annotated[bool, typer.Option(help="print the README's Markdown table instead")] = False) -> None:
-    """List the 29 sources of the catalog with their M3E table values and licence flags."""
+def sources(
+    markdown: Annotated[bool, typer.Option(help="print the README's Markdown table instead")] = False,
+    manual_markdown: Annotated[bool, typer.Option(help="print the README's table of manual sources instead")]
+    = False,
+    cache_dir: CacheOption = None,
+    manual_dir: ManualOption = None,
+) -> None:
+    """List the 29 sources with their M3E table values, licence flags and cache status (no network)."""
     try:
         catalog = default_catalog()
     except CatalogError as exc:
@@ -67,50 +116,111 @@ def sources(markdown: Annotated[bool, typer.Option(help="print the README's Mark
     if markdown:
         print(markdown_table(catalog.sources))
         return
-    table = Table(title=f"M3E sources ({len(catalog.sources)})")
-    for column in ("source", "domain", "M3E rows", "task", "prompt", "quality", "s2s", "commercial", "licence",
-                   "obtain"):
+    if manual_markdown:
+        print(manual_markdown_table(catalog.sources))
+        return
+    cache_root, manual_root = cache.cache_dir(cache_dir), cache.manual_dir(manual_dir)
+    table = Table(title=f"M3E sources ({len(catalog.sources)}); cache {cache_root}, manual folder {manual_root}")
+    for column in ("source", "domain", "M3E rows", "task", "s2s", "commercial", "licence", "obtain", "status"):
         table.add_column(column, justify="right" if column == "M3E rows" else "left", overflow="fold")
     for s in catalog.sources:
+        status = source_status(s, cache_root, manual_root)
         table.add_row(s.name, s.domain.label_zh, f"{s.reported_rows:,}", " ".join(t.label_zh for t in s.task_types),
-                      s.prompt.label_zh, s.quality.label_zh, yes_no(s.homogeneous), s.commercial.label_zh, s.license,
-                      obtain_text(s))
+                      yes_no(s.homogeneous), s.commercial.label_zh, s.license, obtain_text(s), status_text(status))
     console.print(table)
+
+
+def split_names(values: list[str] | None) -> list[str]:
+    return [n for value in values or [] for n in value.split(",") if n]
+
+
+def fail_on_invalid(exc: ValidationError) -> NoReturn:
+    for err in exc.errors():
+        console.print(f"[red]error:[/red] {err['msg'].removeprefix('Value error, ')}")
+    raise typer.Exit(2) from None
+
+
+@app.command()
+def download(
+    source: SourcesOption = None,
+    cache_dir: CacheOption = None,
+    manual_dir: ManualOption = None,
+    require_all: RequireAllOption = False,
+) -> None:
+    """Download the selected sources into the cache (Hub and HTTP) and check the manual folder; no build."""
+    from flows.download import MissingSourcesError, download_m3e_hq_sources
+    from flows.params import BuildParams
+
+    try:
+        params = BuildParams(sources=split_names(source), cache_dir=cache_dir, manual_dir=manual_dir)
+    except ValidationError as exc:
+        fail_on_invalid(exc)
+    console.print(f"Downloading into {params.cache_root} (manual sources from {params.manual_root})")
+    from flows import progress
+
+    try:
+        with progress.showing(console):
+            obtained = download_m3e_hq_sources(sources=params.sources, cache_dir=str(params.cache_root),
+                                               manual_dir=str(params.manual_root), require_all=require_all)
+    except MissingSourcesError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    table = Table(title="sources")
+    for column in ("source", "status", "files", "bytes", "note"):
+        table.add_column(column, justify="right" if column in ("files", "bytes") else "left", overflow="fold")
+    for o in obtained:
+        table.add_row(o.source, status_text(o) if o.status == "cached" else o.status, f"{len(o.files):,}",
+                      f"{sum(o.files.values()):,}", o.message or "")
+    console.print(table)
+    if any(o.status == "failed" for o in obtained):
+        raise typer.Exit(1)
 
 
 @app.command()
 def build(
     samples: Annotated[bool, typer.Option("--samples", help="build from the shipped samples in data/samples/")] = False,
     raw_dir: Annotated[Path | None, typer.Option(help="build from native files at RAW_DIR/<source>/")] = None,
-    source: Annotated[list[str] | None, typer.Option("--sources", "-s", help="a source to build (repeatable)")] = None,
-    out: Annotated[Path | None, typer.Option(help="build folder (default data/build/samples or data/build/local)")]
-    = None,
+    source: SourcesOption = None,
+    out: Annotated[Path | None, typer.Option(help="build folder (default data/build/full, samples or local)")] = None,
     max_chars: Annotated[int, typer.Option(help="longest text kept per side, in characters")] = DEFAULT_MAX_CHARS,
+    cache_dir: CacheOption = None,
+    manual_dir: ManualOption = None,
+    require_all: RequireAllOption = False,
 ) -> None:
-    """Run the build-m3e-hq flow: ingest every selected source, print per-source counts, write the manifest."""
+    """Run the build-m3e-hq flow: obtain (download) and ingest every selected source, print per-source counts,
+    write the manifest. Without --samples or --raw-dir the sources are downloaded into the cache first."""
+    from flows.download import MissingSourcesError
     from flows.params import BuildParams
 
-    names = [n for value in source or [] for n in value.split(",") if n]
     try:
-        params = BuildParams(samples=samples, raw_dir=raw_dir, sources=names, out_dir=out, max_chars=max_chars)
+        params = BuildParams(samples=samples, raw_dir=raw_dir, sources=split_names(source), out_dir=out,
+                             max_chars=max_chars, cache_dir=cache_dir, manual_dir=manual_dir,
+                             require_all=require_all)
     except ValidationError as exc:
-        for err in exc.errors():
-            console.print(f"[red]error:[/red] {err['msg'].removeprefix('Value error, ')}")
-        raise typer.Exit(2) from None
+        fail_on_invalid(exc)
 
     from flows import progress
     from flows.build import build_m3e_hq
 
-    console.print(f"Building m3e-hq from {params.input_dir} into {params.build_dir}")
-    with progress.showing(console):
-        summary = build_m3e_hq(samples=params.samples, raw_dir=str(params.raw_dir) if params.raw_dir else None,
-                               sources=params.sources, out_dir=str(params.build_dir), max_chars=params.max_chars)
+    origin = params.input_dir or f"downloads in {params.cache_root} and manual sources in {params.manual_root}"
+    console.print(f"Building m3e-hq from {origin} into {params.build_dir}")
+    try:
+        with progress.showing(console):
+            summary = build_m3e_hq(
+                samples=params.samples, raw_dir=str(params.raw_dir) if params.raw_dir else None,
+                sources=params.sources, out_dir=str(params.build_dir), max_chars=params.max_chars,
+                cache_dir=str(params.cache_root), manual_dir=str(params.manual_root), require_all=require_all)
+    except MissingSourcesError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
     results = summary["results"]
     console.print(summary_table(results))
     console.print(f"Manifest: {summary['manifest']}")
-    problems = [r for r in results if r.status != "ok"]
-    for r in problems:
-        console.print(f"[yellow]{r.source}: {r.status}[/yellow] — {r.message}")
+    for r in results:
+        if r.status != "ok":
+            console.print(f"[yellow]{r.source}: {r.status}[/yellow] — {r.message}")
+        elif r.message:
+            console.print(f"{r.source}: {r.message}")
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)
 

@@ -1,10 +1,12 @@
 """The build's parameters, one typed model shared by the CLI and the Prefect flow."""
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flows.clean import DEFAULT_MAX_CHARS
+from sources import cache
 from sources.catalog import default_catalog
 from sources.layout import SAMPLES_DIR
 
@@ -12,15 +14,19 @@ BUILD_ROOT = Path(__file__).resolve().parent.parent / "data" / "build"
 
 
 class BuildParams(BaseModel):
-    """What to build from where. Defaults: every source; outputs under data/build/<samples|local>/."""
+    """What to build from where. Default: download every source (into the cache) and build data/build/full/."""
 
     model_config = ConfigDict(extra="forbid")
 
-    samples: bool = Field(False, description="read the shipped samples in data/samples/")
+    samples: bool = Field(False, description="read the shipped samples in data/samples/ instead of downloading")
     raw_dir: Path | None = Field(None, description="read native files laid out as <raw_dir>/<source>/<files>")
     sources: list[str] = Field(default_factory=list, description="source names; empty means all 29")
-    out_dir: Path | None = Field(None, description="build folder; default data/build/samples or data/build/local")
+    out_dir: Path | None = Field(None, description="build folder; default data/build/<full|samples|local>")
     max_chars: int = Field(DEFAULT_MAX_CHARS, ge=1, description="longest text kept per side, in characters")
+    cache_dir: Path | None = Field(None, description="download cache; default $M3E_HQ_CACHE or ~/.cache/m3e-hq")
+    manual_dir: Path | None = Field(None, description="hand-downloaded sources; default $M3E_HQ_MANUAL or "
+                                    "data/manual")
+    require_all: bool = Field(False, description="fail when a selected source cannot be obtained")
 
     @field_validator("sources")
     @classmethod
@@ -33,17 +39,33 @@ class BuildParams(BaseModel):
 
     @model_validator(mode="after")
     def _one_input(self) -> "BuildParams":
-        if self.samples == (self.raw_dir is not None):
-            raise ValueError(
-                "choose the input: samples=true for the shipped samples, or raw_dir=DIR for native files you "
-                "have (downloading the sources is not built yet)"
-            )
+        if self.samples and self.raw_dir is not None:
+            raise ValueError("choose one input: samples=true (the shipped samples) or raw_dir=DIR (your own "
+                             "files), or neither to download the sources")
         return self
 
     @property
-    def input_dir(self) -> Path:
-        return SAMPLES_DIR if self.samples else Path(self.raw_dir)
+    def mode(self) -> Literal["samples", "local", "full"]:
+        """Where the native files come from: the samples, a local folder, or downloads and the manual folder."""
+        if self.samples:
+            return "samples"
+        return "local" if self.raw_dir is not None else "full"
+
+    @property
+    def input_dir(self) -> Path | None:
+        """The folder holding <source>/ folders (None when sources are downloaded)."""
+        if self.samples:
+            return SAMPLES_DIR
+        return Path(self.raw_dir) if self.raw_dir is not None else None
 
     @property
     def build_dir(self) -> Path:
-        return self.out_dir or BUILD_ROOT / ("samples" if self.samples else "local")
+        return self.out_dir or BUILD_ROOT / self.mode
+
+    @property
+    def cache_root(self) -> Path:
+        return cache.cache_dir(self.cache_dir)
+
+    @property
+    def manual_root(self) -> Path:
+        return cache.manual_dir(self.manual_dir)

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from flows.build import FLOW_NAME, build_m3e_hq
-from flows.cli import app, markdown_table
+from flows.cli import app, manual_markdown_table, markdown_table
 from flows.params import BuildParams
 from sources import adapters
 
@@ -71,13 +71,40 @@ def test_cli_build_on_samples_prints_the_summary(prefect_server, tmp_path):
     assert f"Manifest: {tmp_path / 'manifest.json'}" in result.output.replace("\n", "")
 
 
-def test_build_params_errors_say_what_to_do():
-    with pytest.raises(ValidationError, match="choose the input: samples=true"):
-        BuildParams()
+def test_build_params_errors_say_what_to_do(tmp_path):
+    with pytest.raises(ValidationError, match="choose one input: samples=true"):
+        BuildParams(samples=True, raw_dir=tmp_path)
     with pytest.raises(ValidationError, match="unknown sources \\['nope'\\]"):
         BuildParams(samples=True, sources=["nope"])
-    result = CliRunner().invoke(app, ["build"])
-    assert result.exit_code == 2 and "choose the input" in result.output
+    assert BuildParams().mode == "full" and BuildParams().build_dir.name == "full"
+    result = CliRunner().invoke(app, ["build", "--samples", "--raw-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "choose one input" in result.output
+
+
+def test_cli_download_then_sources_then_build_from_the_cache(prefect_server, mock_hub, tmp_path):
+    dirs = ["--cache-dir", str(tmp_path / "cache"), "--manual-dir", str(tmp_path / "manual")]
+    result = CliRunner().invoke(app, ["download", "-s", "cmrc2018,lawzhidao", *dirs])
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.startswith("│ ")}
+    assert "downloaded" in rows["cmrc2018"] and "skipped" in rows["lawzhidao"]
+    assert "heywhale.com" in result.output
+
+    listing = CliRunner().invoke(app, ["sources", *dirs]).output
+    assert "cached @137f2c45a242" in listing and "missing (manual)" in listing
+
+    mock_hub.requests.clear()
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["build", "-s", "cmrc2018", "--out", str(out), *dirs])
+    assert result.exit_code == 0, result.output
+    assert mock_hub.requests == []  # built from the cache
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["sources"]["cmrc2018"]["obtained"]["status"] == "cached"
+    assert manifest["sources"]["cmrc2018"]["obtained"]["revision"] == "137f2c45a24275fb68f6961c4d357f46288886aa"
+    assert manifest["stages"]["ingest"]["sources"]["cmrc2018"]["kept"] == 57
+
+    result = CliRunner().invoke(app, ["build", "-s", "cmrc2018,lawzhidao", "--require-all", "--out", str(out), *dirs])
+    assert result.exit_code == 1
+    assert "lawzhidao: skipped: download by hand" in result.output.replace("\n", "")
 
 
 def test_cli_sources_lists_the_catalog(catalog):
@@ -90,5 +117,9 @@ def test_cli_sources_lists_the_catalog(catalog):
     assert markdown.count("\n| ") == 29  # one line per source after the header
 
 
-def test_readme_source_table_is_generated_from_the_catalog(catalog):
-    assert markdown_table(catalog.sources) in README.read_text(encoding="utf-8")
+def test_readme_source_tables_are_generated_from_the_catalog(catalog):
+    readme = README.read_text(encoding="utf-8")
+    assert markdown_table(catalog.sources) in readme
+    manual = CliRunner().invoke(app, ["sources", "--manual-markdown"]).output.strip()
+    assert manual == manual_markdown_table(catalog.sources) and manual in readme
+    assert manual.count("\n| ") == 10  # the manual sources, amazon_reviews_multi included

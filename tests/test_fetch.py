@@ -1,6 +1,7 @@
 """Obtaining sources for real, offline: Hub downloads from a local stand-in (HF_ENDPOINT), HTTP downloads from a
 local server, the cache, and the manual folder; then the same ingest as the shipped samples."""
 
+import hashlib
 import io
 import json
 import os
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import EXPECTED_DIR, fake_commit
 from pytest_httpserver import HTTPServer
+from test_download_http import in_sequence, serve_ranges
+from werkzeug import Request, Response
 
 from flows.build import build_sources, ingest_one
 from flows.download import MissingSourcesError, obtain_sources
@@ -204,6 +207,21 @@ def test_http_archive_is_downloaded_extracted_recorded_and_ingested(httpserver, 
         want["read"], want["kept"], want["dropped"])
     again = fetch_source(source, tmp_path / "cache", tmp_path / "manual")  # oneshot: a second request would fail
     assert again.status == "cached" and again.sha256 == got.sha256
+
+
+def test_http_transfer_cut_midway_is_resumed_and_verified(httpserver, tmp_path, catalog):
+    body = simclue_zip()
+    half = len(body) // 2
+
+    def cut(request: Request) -> Response:
+        return Response(iter([body[:half]]), headers={"Content-Length": str(len(body))}, direct_passthrough=True)
+
+    httpserver.expect_request("/tasks/simclue_public.zip").respond_with_handler(in_sequence(cut, serve_ranges(body)))
+    source = served(catalog.get("SimCLUE"), httpserver, hashlib.sha256(body).hexdigest())
+    got = fetch_source(source, tmp_path / "cache", tmp_path / "manual")
+    assert got.status == "downloaded" and got.message is None  # the catalog's hash matched: nothing to report
+    assert [r.headers.get("Range") for r, _ in httpserver.log] == [None, f"bytes={half}-"]
+    assert ingest_one(got, tmp_path / "out", 100_000).counts.kept == expected("SimCLUE")["kept"]
 
 
 def test_http_checksum_mismatch_is_rejected_and_not_cached(httpserver, tmp_path, catalog):

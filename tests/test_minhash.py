@@ -1,0 +1,84 @@
+"""Near-duplicate detection (flows.minhash) against plain-Python references on small inputs."""
+
+import random
+
+import numpy as np
+import pytest
+
+from flows.minhash import MinHashParams, jaccard, near_duplicates, shingle_sets, signatures
+
+PARAMS = MinHashParams()
+COMMON = [chr(c) for c in range(0x4E00, 0x4E00 + 2000)]
+
+
+def reference_shingles(text: str) -> set[str]:
+    n = 2 if len(text) < 10 else 3
+    return {text} if len(text) < n else {text[i:i + n] for i in range(len(text) - n + 1)}
+
+
+def random_texts(n: int, seed: int = 1) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choices(COMMON, k=rng.choice([1, 2, 3, 9, 10, 11, 40, 120]))) for _ in range(n)]
+
+
+def test_shingles_and_jaccard_match_a_plain_python_reference():
+    texts = [*random_texts(200), "好的", "好", "ab", "abcdefghij", "aaaaaaaaaaaa"]
+    for text, hashes in zip(texts, shingle_sets(texts, PARAMS), strict=True):
+        assert len(hashes) == len(reference_shingles(text)) >= 1, text
+    rng = random.Random(3)
+    a = np.array([rng.randrange(len(texts)) for _ in range(300)])
+    b = np.array([rng.randrange(len(texts)) for _ in range(300)])
+    want = [len(reference_shingles(texts[i]) & reference_shingles(texts[j]))
+            / len(reference_shingles(texts[i]) | reference_shingles(texts[j])) for i, j in zip(a, b, strict=True)]
+    assert np.allclose(jaccard(texts, a, b, PARAMS), want)
+
+
+def test_signatures_are_deterministic_and_never_empty():
+    texts = random_texts(500)
+    sigs, keys = signatures(texts, PARAMS, workers=2)
+    sigs1, keys1 = signatures(texts, PARAMS, workers=1)
+    assert sigs.shape == (500, 128) and keys.shape == (500, 16)
+    assert np.array_equal(sigs, sigs1) and np.array_equal(keys, keys1)
+    assert (sigs.max(axis=1) < 2**32 - 1).all()  # every text, one character long included, has a real signature
+    other = signatures(texts, MinHashParams(seed=1))[0]
+    assert not np.array_equal(sigs, other)
+
+
+def test_near_duplicates_are_clustered_and_near_misses_are_not():
+    rng = random.Random(5)
+    long = "".join(rng.choices(COMMON, k=60))
+    one_edit = long[:30] + "错" + long[31:]  # 3-gram Jaccard 55/61 ≈ 0.90
+    short = "".join(rng.choices(COMMON, k=20))
+    short_edit = short[:10] + "错" + short[11:]  # 3-gram Jaccard 15/21 ≈ 0.71: below 0.8
+    texts = [long, short, "好的", one_edit, short_edit, "好的", "好吗", *random_texts(300, seed=9)]
+    clusters = near_duplicates(texts, PARAMS)
+    labels = clusters.labels
+    assert labels[0] == labels[3]
+    assert labels[1] != labels[4]
+    assert labels[2] == labels[5] and labels[2] != labels[6]
+    assert len(set(labels[7:])) == len(texts) - 7 - sum(  # random texts: only exact repeats cluster
+        1 for i, t in enumerate(texts[7:]) if t in texts[7:7 + i] or t in texts[:7])
+    assert (clusters.pairs["jaccard"] >= PARAMS.threshold).all()
+
+
+def test_recall_on_planted_copies_above_the_threshold():
+    rng = random.Random(11)
+    originals = ["".join(rng.choices(COMMON, k=rng.randint(40, 120))) for _ in range(400)]
+    copies = []
+    for text in originals:
+        chars = list(text)
+        chars[rng.randrange(len(chars))] = rng.choice(COMMON)
+        copies.append("".join(chars))
+    texts = originals + copies
+    sim = jaccard(texts, np.arange(400), np.arange(400, 800), PARAMS)
+    labels = near_duplicates(texts, PARAMS).labels
+    planted = sim >= PARAMS.threshold
+    found = labels[:400] == labels[400:]
+    assert planted.sum() > 350 and found[planted].mean() >= 0.98
+    assert not found[~planted].any()
+
+
+def test_banding_must_cover_the_signature():
+    with pytest.raises(ValueError, match="bands × rows must equal num_perm"):
+        MinHashParams(bands=10, rows=8)
+    assert MinHashParams().candidate_probability(0.8) == pytest.approx(0.947, abs=1e-3)

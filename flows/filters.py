@@ -1,0 +1,342 @@
+"""Quality filters for text pairs: one reason code per filter, pure functions (no Prefect).
+
+Tuned for short Chinese pairs: character-level signals only (no word segmentation), length bounds per kind of pair
+(s2s: two short sentences; s2p: a query and a passage, answer or SQL), and no web-document defaults such as "at
+least 10 words". Empty texts and texts over 100,000 characters never get here: ingest has quarantined them.
+
+Texts are compared through `normalize` (letters and digits only, NFKC, casefolded). Each filter has its threshold in
+`FilterParams`; `pair_reason` gives the first reason in `REASONS` order that applies to a pair, `reasons` does the
+same for every row of an m3e-hq table.
+"""
+
+import math
+import re
+import unicodedata
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.enums import TaskType
+
+TOO_SHORT = "too_short"
+TOO_LONG = "too_long"
+QUERY_EQUALS_POSITIVE = "query_equals_positive"
+QUERY_IN_POSITIVE = "query_in_positive"
+ANSWER_REPEATS_QUESTION = "answer_repeats_question"
+MOJIBAKE = "mojibake"
+MARKUP = "markup"
+BOILERPLATE = "boilerplate"
+REPETITIVE = "repetitive"
+LOW_CJK_RATIO = "low_cjk_ratio"
+LOW_PAIR_SCORE = "low_pair_score"
+# In the order `pair_reason` checks them: a pair gets the first that applies.
+REASONS = (
+    TOO_SHORT,
+    TOO_LONG,
+    QUERY_EQUALS_POSITIVE,
+    QUERY_IN_POSITIVE,
+    ANSWER_REPEATS_QUESTION,
+    MOJIBAKE,
+    MARKUP,
+    BOILERPLATE,
+    REPETITIVE,
+    LOW_CJK_RATIO,
+    LOW_PAIR_SCORE,
+)
+
+# Refusals and AI disclaimers of instruction sets, matched on the normalised positive: punctuation, width and case
+# do not matter ("抱歉,我无法" also matches it written with a full-width comma). Self-descriptions are kept specific
+# ("我是一个AI语言模型", not "我是一个AI") so that a human answer such as "我是一个AI工程师" or a company
+# "作为一个人工智能企业" is not taken for one.
+DEFAULT_BOILERPLATE_PHRASES = (
+    "作为一个AI语言模型",
+    "作为AI语言模型",
+    "作为一个人工智能语言模型",
+    "作为人工智能语言模型",
+    "作为一个语言模型",
+    "作为一个AI助手",
+    "作为一个人工智能助手",
+    "作为一个AI,我",
+    "作为一个人工智能,我",
+    "我是一个AI语言模型",
+    "我是一个AI助手",
+    "我是一个人工智能语言模型",
+    "我是一个人工智能助手",
+    "我只是一个AI",
+    "我只是一个人工智能",
+    "我只是一个语言模型",
+    "抱歉,我无法",
+    "抱歉,我不能",
+    "对不起,我无法",
+    "As an AI language model",
+    "As an AI assistant",
+    "I am an AI language model",
+    "I'm sorry, but I cannot",
+)
+
+
+class FilterParams(BaseModel):
+    """Thresholds of the quality filters, one or two per reason code.
+
+    Defaults suit short Chinese pairs: 1-character titles and answers (s2p) and 2-character sentences (s2s) are kept.
+    Minimum lengths count letters and digits (after `normalize`), maximum lengths count characters.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    s2s_query_min_chars: int = Field(2, ge=0, description="s2s: fewest letters/digits in text (idioms have 4)")
+    s2s_query_max_chars: int = Field(512, ge=1, description="s2s: most characters in text (a sentence, not a page)")
+    s2s_pos_min_chars: int = Field(2, ge=0, description="s2s: fewest letters/digits in text_pos")
+    s2s_pos_max_chars: int = Field(512, ge=1, description="s2s: most characters in text_pos")
+    s2p_query_min_chars: int = Field(1, ge=0, description="s2p: fewest letters/digits in text (one-ideograph titles "
+                                     "such as '茶' head real passages)")
+    s2p_query_max_chars: int = Field(4_000, ge=1, description="s2p: most characters in text (an instruction can "
+                                     "hold a document)")
+    s2p_pos_min_chars: int = Field(1, ge=0, description="s2p: fewest letters/digits in text_pos (one-character "
+                                   "answers such as 'O' or '7' are real answers)")
+    s2p_pos_max_chars: int = Field(10_000, ge=1, description="s2p: most characters in text_pos (a long article)")
+    query_in_positive_min_coverage: float = Field(
+        0.85, ge=0, le=1, description="s2s: drop a pair when one normalised side is contained in the other and "
+        "covers at least this share of it (0 drops any containment)")
+    answer_min_new_chars: int = Field(
+        3, ge=0, description="s2p: when the positive contains the query, the fewest letters/digits it must hold "
+        "besides the query's")
+    max_mojibake: int = Field(0, ge=0, description="most mojibake markers (U+FFFD, 'ï¼', 'â€', 'Ã', runs of "
+                              "Latin-1 characters, '锟斤拷') allowed per side")
+    max_markup: int = Field(2, ge=0, description="most HTML/XML tags, HTML entities and markdown links/images "
+                            "allowed per side, outside code blocks")
+    max_markup_per_1000_chars: float = Field(
+        5.0, ge=0, description="a long side may hold up to this many markup hits per 1,000 characters when that is "
+        "more than max_markup (a few stray <br> in a long passage do not drop it)")
+    boilerplate_phrases: tuple[str, ...] = Field(
+        DEFAULT_BOILERPLATE_PHRASES, description="refusal / AI-disclaimer phrases; a positive containing one is "
+        "dropped (compared after `normalize`)")
+    max_char_run: int = Field(10, ge=1, description="most times a letter or ideograph may repeat in a row "
+                              "(digits may repeat: 1000000)")
+    repetition_ngram: int = Field(3, ge=1, le=3, description="n of the character n-grams of the repetition check "
+                                  "(small, for short texts; at most 3)")
+    max_ngram_dup_share: float = Field(
+        0.5, ge=0, le=1, description="highest share of a side's character n-grams (after `normalize`) that repeat an "
+        "earlier one: 0.5 keeps colloquial repeats such as '好多好多好多' and a text said twice (real passages stay "
+        "under 0.35); loops said three times or more go")
+    min_cjk_ratio: float = Field(
+        0.3, ge=0, le=1, description="lowest share of CJK ideographs among the letter units of text_pos (an "
+        "ideograph, kana or Hangul syllable, or a run of other letters such as a Latin word), outside code; "
+        "positives that look like source code are not checked")
+    cjk_min_units: int = Field(4, ge=1, description="text_pos with fewer letter units is not CJK-checked (short "
+                               "answers such as 'NBA', 'iPhone 6')")
+    cjk_exempt_task_types: tuple[TaskType, ...] = Field(
+        (TaskType.NL2SQL,), description="task types whose positives are not CJK-checked (SQL)")
+    min_pair_score: float | None = Field(
+        None, description="teacher score below which a pair is dropped (needs the scores of the mining stage)")
+
+
+# Everything but letters and digits: whitespace, punctuation, symbols, the underscore.
+_NON_WORD = re.compile(r"[\W_]+")
+_CODE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`", re.DOTALL)
+_CJK_CHARS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff"
+_SYLLABLES = "\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\uac00-\ud7af"  # Hangul jamo, kana, Hangul syllables
+_CJK_RUN = re.compile(f"[{_CJK_CHARS}]+")
+# One letter unit that is not an ideograph: a kana or Hangul syllable, or a run of other letters (a Latin word).
+_OTHER_UNIT = re.compile(f"[{_SYLLABLES}]|[^\\W\\d_{_CJK_CHARS}{_SYLLABLES}]+")
+_CODE_SYMBOLS = "{}()[];=<>"
+# Share of code symbols among the non-space characters from which text looks like source code, not prose.
+_CODE_SYMBOL_SHARE = 0.05
+# Latin-1 supplement without the no-break space and the signs common in Chinese text (middle dot U+00B7,
+# multiplication sign U+00D7, division sign U+00F7).
+_LATIN1 = "\u00a1-\u00b6\u00b8-\u00d6\u00d8-\u00f6\u00f8-\u00ff"
+# Every mojibake marker starts with one of these characters: a cheap test before the full pattern.
+_MOJIBAKE_HINT = re.compile(f"[{_LATIN1}\ufffd锟烫屯]")
+_MOJIBAKE = re.compile(
+    "\ufffd"  # replacement character: bytes lost in a lossy decode
+    "|锟斤拷|烫烫烫|屯屯屯"  # U+FFFD, or an uninitialised buffer, read as GBK
+    "|ï¼|ï½|â€|Ã|Â[\u00a0-\u00bf]"  # UTF-8 of full-width forms, punctuation, accents read as Latin-1 / cp1252
+    f"|[{_LATIN1}]{{3,}}"  # Chinese bytes (UTF-8 or GBK) read as Latin-1: runs of accented letters
+)
+_MARKUP = re.compile(
+    r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]{0,300})?/?>"  # HTML/XML tag
+    r"|&(?:[A-Za-z]{2,8}|#[0-9]{2,7}|#[xX][0-9A-Fa-f]{2,6});"  # HTML entity
+    r"|!?\[[^\[\]\n]{0,300}\]\([^()\s]{1,500}\)"  # markdown link or image
+)
+# Keys at least this long use the vectorised n-gram count; shorter ones a Python set (same result, less overhead).
+_VECTOR_MIN_CHARS = 64
+_CODEPOINT_BITS = 21
+_TABLE_COLUMNS = ("text", "text_pos", "homogeneous", "task_type")
+
+
+def normalize(text: str) -> str:
+    """The comparison key of a text: letters and digits only, NFKC, casefolded.
+
+    Whitespace, punctuation and symbols are removed before NFKC, so the (slow) NFKC pass only runs on the rare texts
+    whose letters or digits change under it, such as full-width Latin letters; a symbol that NFKC would spell with
+    letters ('℃', '™') is removed whole.
+    """
+    key = _NON_WORD.sub("", unicodedata.normalize("NFC", text))
+    if not unicodedata.is_normalized("NFKC", key):
+        key = _NON_WORD.sub("", unicodedata.normalize("NFKC", key))
+    return key.casefold()
+
+
+def pair_reason(text: str, text_pos: str, homogeneous: bool, task_type: str, params: FilterParams,
+                score: float | None = None) -> str | None:
+    """The first reason (in `REASONS` order) to drop the pair, or None to keep it.
+
+    `score` is the pair's teacher score, required when `params.min_pair_score` is set.
+    """
+    if params.min_pair_score is not None and (score is None or math.isnan(score)):
+        raise ValueError("the pair-score filter (min_pair_score) needs a teacher score for every pair; "
+                         "scores come with the mining stage")
+    query_key, pos_key = normalize(text), normalize(text_pos)
+    if homogeneous:
+        query_min, query_max = params.s2s_query_min_chars, params.s2s_query_max_chars
+        pos_min, pos_max = params.s2s_pos_min_chars, params.s2s_pos_max_chars
+    else:
+        query_min, query_max = params.s2p_query_min_chars, params.s2p_query_max_chars
+        pos_min, pos_max = params.s2p_pos_min_chars, params.s2p_pos_max_chars
+    if len(query_key) < query_min or len(pos_key) < pos_min:
+        return TOO_SHORT
+    if len(text) > query_max or len(text_pos) > pos_max:
+        return TOO_LONG
+    if query_key == pos_key:
+        return QUERY_EQUALS_POSITIVE
+    if homogeneous:
+        if _near_containment(query_key, pos_key, params.query_in_positive_min_coverage):
+            return QUERY_IN_POSITIVE
+    elif query_key and query_key in pos_key and len(pos_key.replace(query_key, "")) < params.answer_min_new_chars:
+        return ANSWER_REPEATS_QUESTION
+    if _mojibake_count(text) > params.max_mojibake or _mojibake_count(text_pos) > params.max_mojibake:
+        return MOJIBAKE
+    if _too_much_markup(text, params) or _too_much_markup(text_pos, params):
+        return MARKUP
+    boilerplate = _phrase_pattern(params.boilerplate_phrases)
+    if boilerplate is not None and boilerplate.search(pos_key):
+        return BOILERPLATE
+    if _repetitive(query_key, params) or _repetitive(pos_key, params):
+        return REPETITIVE
+    if task_type not in params.cjk_exempt_task_types and _low_cjk(text_pos, params):
+        return LOW_CJK_RATIO
+    if score is not None and params.min_pair_score is not None and score < params.min_pair_score:
+        return LOW_PAIR_SCORE
+    return None
+
+
+def reasons(table: pa.Table, params: FilterParams,
+            scores: pa.Array | pa.ChunkedArray | Sequence[float] | None = None) -> list[str | None]:
+    """`pair_reason` of every row of a table with the m3e-hq columns text, text_pos, homogeneous, task_type.
+
+    `scores` (one teacher score per row) feed the pair-score filter and are required when
+    `params.min_pair_score` is set; otherwise they are not used.
+    """
+    missing = [name for name in _TABLE_COLUMNS if name not in table.column_names]
+    if missing:
+        raise ValueError(f"the table lacks the column(s) {missing}; the filters need {list(_TABLE_COLUMNS)}")
+    if params.min_pair_score is None:
+        row_scores: Sequence[float | None] = [None] * table.num_rows
+    elif scores is None:
+        raise ValueError("the pair-score filter (min_pair_score) needs teacher scores, one per row; "
+                         "scores come with the mining stage")
+    else:
+        row_scores = scores.to_pylist() if isinstance(scores, pa.Array | pa.ChunkedArray) else list(scores)
+        if len(row_scores) != table.num_rows:
+            raise ValueError(f"{len(row_scores)} scores for {table.num_rows} rows")
+    columns = [table.column(name).to_pylist() for name in _TABLE_COLUMNS]
+    return [pair_reason(text, text_pos, homogeneous, task_type, params, score)
+            for text, text_pos, homogeneous, task_type, score in zip(*columns, row_scores, strict=True)]
+
+
+def _near_containment(a: str, b: str, min_coverage: float) -> bool:
+    """Whether the shorter key is inside the longer one and covers at least `min_coverage` of it."""
+    short, long = (a, b) if len(a) <= len(b) else (b, a)
+    return bool(short) and short in long and len(short) >= min_coverage * len(long)
+
+
+def _mojibake_count(text: str) -> int:
+    """Mojibake markers in the text."""
+    return len(_MOJIBAKE.findall(text)) if _MOJIBAKE_HINT.search(text) else 0
+
+
+def _too_much_markup(text: str, params: FilterParams) -> bool:
+    """More tags, entities and markdown links/images outside code than the side's length allows."""
+    if "<" not in text and "&" not in text and "](" not in text:
+        return False
+    allowed = max(params.max_markup, params.max_markup_per_1000_chars * len(text) / 1000)
+    return len(_MARKUP.findall(_prose(text))) > allowed
+
+
+def _prose(text: str) -> str:
+    """The text without its fenced code blocks and inline code spans."""
+    return _CODE.sub(" ", text) if "`" in text else text
+
+
+@lru_cache(maxsize=16)
+def _phrase_pattern(phrases: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One pattern for the normalised phrases (None when there are none, so that nothing matches)."""
+    keys = sorted({key for key in map(normalize, phrases) if key})
+    return re.compile("|".join(map(re.escape, keys))) if keys else None
+
+
+@lru_cache(maxsize=16)
+def _char_run(max_run: int) -> re.Pattern[str]:
+    """A character other than a digit repeated more than `max_run` times in a row (keys hold letters and digits)."""
+    return re.compile(rf"([^0-9])\1{{{max_run},}}")
+
+
+def _repetitive(key: str, params: FilterParams) -> bool:
+    """A letter repeated too many times in a row, or too many repeated character n-grams."""
+    if len(key) < _VECTOR_MIN_CHARS:
+        long_run = _char_run(params.max_char_run).search(key) is not None
+        dup_share = _ngram_dup_share(key, params.repetition_ngram)
+    else:
+        long_run, dup_share = _repetition_stats(key, params.repetition_ngram, params.max_char_run)
+    return long_run or dup_share > params.max_ngram_dup_share
+
+
+def _ngram_dup_share(key: str, n: int) -> float:
+    """Share of the key's character n-grams that repeat an earlier one: 0 for varied text, near 1 for loops."""
+    grams = len(key) - n + 1
+    if grams < 2:
+        return 0.0
+    return 1 - len({key[i:i + n] for i in range(grams)}) / grams
+
+
+def _repetition_stats(key: str, n: int, max_run: int) -> tuple[bool, float]:
+    """Vectorised `_char_run(max_run).search(key) is not None` and `_ngram_dup_share(key, n)`, for long keys."""
+    codes = np.frombuffer(key.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    # A run longer than max_run: max_run characters in a row equal to the one before (digits may repeat: 1000000).
+    repeats = codes[1:] == codes[:-1]
+    long_run = False
+    if np.count_nonzero(repeats) >= max_run:
+        repeats &= (codes[1:] < ord("0")) | (codes[1:] > ord("9"))
+        in_a_row = np.concatenate(([0], np.cumsum(repeats)))
+        long_run = bool((in_a_row[max_run:] - in_a_row[:-max_run]).max() >= max_run)
+    grams = len(key) - n + 1
+    if grams < 2:
+        return long_run, 0.0
+    # Each n-gram packed exactly into one integer (n <= 3 code points of 21 bits), sorted: equal neighbours repeat.
+    packed = codes[:grams].copy()
+    for i in range(1, n):
+        packed <<= np.uint64(_CODEPOINT_BITS)
+        packed |= codes[i:i + grams]
+    packed.sort()
+    return long_run, int(np.count_nonzero(packed[1:] == packed[:-1])) / grams
+
+
+def _low_cjk(text_pos: str, params: FilterParams) -> bool:
+    """Whether too few of the positive's letter units are CJK ideographs (code and short answers are not checked)."""
+    prose = _prose(text_pos)
+    # Each run of ideographs becomes one space (so the words around it stay apart): it held len - 1 more characters.
+    rest, runs = _CJK_RUN.subn(" ", prose)
+    cjk = len(prose) - len(rest) + runs
+    others = len(_OTHER_UNIT.findall(rest))
+    if cjk + others < params.cjk_min_units or cjk >= params.min_cjk_ratio * (cjk + others):
+        return False
+    return not _looks_like_code(prose)
+
+
+def _looks_like_code(text: str) -> bool:
+    """Source code rather than prose: many of its non-space characters are brackets, semicolons, = < >."""
+    visible = len(text) - sum(map(text.count, " \n\t"))
+    return sum(map(text.count, _CODE_SYMBOLS)) >= _CODE_SYMBOL_SHARE * max(visible, 1)

@@ -22,7 +22,7 @@ from flows.ingest import ingest_source
 from flows.manifest import write_manifest
 from flows.params import BuildParams
 from sources.catalog import ManualObtain, Source, default_catalog
-from sources.fetch import Obtained
+from sources.fetch import Obtained, manual_guidance
 from sources.layout import locate
 
 FLOW_NAME = "build-m3e-hq"
@@ -51,13 +51,9 @@ class SourceResult:
 
 def missing_message(source: Source, folder: Path) -> str:
     """What to do when a source's native files are not in `folder`."""
-    obtain = source.obtain
-    expected = ", ".join(g.glob for g in source.files)
-    if isinstance(obtain, ManualObtain) and obtain.unavailable:
-        return f"unavailable: {obtain.unavailable}. If you hold a copy, put {expected} in {folder}/"
-    if isinstance(obtain, ManualObtain):
-        return f"download by hand from {obtain.page} and put {expected} in {folder}/"
-    return f"no files matching {expected} in {folder}/"
+    if isinstance(source.obtain, ManualObtain):
+        return manual_guidance(source.obtain, folder, source.obtain.files)
+    return f"no files matching {', '.join(g.glob for g in source.files)} in {folder}/"
 
 
 def ingest_one(obtained: Obtained, build_dir: Path, max_chars: int) -> SourceResult:

@@ -148,6 +148,7 @@ def download(
     require_all: RequireAllOption = False,
 ) -> None:
     """Download the selected sources into the cache (Hub and HTTP) and check the manual folder; no build."""
+    from flows import progress
     from flows.download import MissingSourcesError, download_m3e_hq_sources
     from flows.params import BuildParams
 
@@ -156,8 +157,6 @@ def download(
     except ValidationError as exc:
         fail_on_invalid(exc)
     console.print(f"Downloading into {params.cache_root} (manual sources from {params.manual_root})")
-    from flows import progress
-
     try:
         with progress.showing(console):
             obtained = download_m3e_hq_sources(sources=params.sources, cache_dir=str(params.cache_root),

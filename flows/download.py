@@ -26,21 +26,20 @@ def obtain_one(source_name: str, params: BuildParams) -> Obtained:
     return fetch_source(default_catalog().get(source_name), params.cache_root, params.manual_root)
 
 
-def check_all_obtained(obtained: list[Obtained]) -> None:
-    """Raise MissingSourcesError listing every source that is absent, incomplete or failed, with what to do."""
+def checked(params: BuildParams, obtained: list[Obtained]) -> list[Obtained]:
+    """`obtained`, after raising MissingSourcesError, when `require_all`, listing every source that is absent,
+    incomplete or failed, with what to do."""
     lacking = [o for o in obtained if o.status != "unavailable" and (not o.ok or o.missing)]
-    if lacking:
+    if params.require_all and lacking:
         lines = [f"  {o.source}: {o.status}: {o.message}" for o in lacking]
         raise MissingSourcesError(f"{len(lacking)} selected sources were not obtained (require_all):\n"
                                   + "\n".join(lines))
+    return obtained
 
 
 def obtain_sources(params: BuildParams) -> list[Obtained]:
     """Obtain every selected source in turn (no Prefect); check them all when `require_all`."""
-    obtained = [obtain_one(s.name, params) for s in default_catalog().select(params.sources)]
-    if params.require_all:
-        check_all_obtained(obtained)
-    return obtained
+    return checked(params, [obtain_one(s.name, params) for s in default_catalog().select(params.sources)])
 
 
 obtain_task = task(obtain_one, name="obtain", task_run_name="obtain-{source_name}")
@@ -49,10 +48,7 @@ obtain_task = task(obtain_one, name="obtain", task_run_name="obtain-{source_name
 def obtain_mapped(params: BuildParams) -> list[Obtained]:
     """Inside a flow: one obtain task per selected source, run concurrently; checked when `require_all`."""
     names = [s.name for s in default_catalog().select(params.sources)]
-    obtained = [f.result() for f in obtain_task.map(names, params=unmapped(params))]
-    if params.require_all:
-        check_all_obtained(obtained)
-    return obtained
+    return checked(params, [f.result() for f in obtain_task.map(names, params=unmapped(params))])
 
 
 @flow(name=DOWNLOAD_FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)

@@ -103,6 +103,11 @@ def shingle_sets(texts: Sequence[str], params: MinHashParams) -> list[np.ndarray
                            params.short_below) for i in range(len(texts))]
 
 
+def _use_threads(workers: int) -> None:
+    """Run the parallel kernels on `workers` threads (at most the threads numba was started with)."""
+    numba.set_num_threads(max(1, min(workers, numba.config.NUMBA_NUM_THREADS)))
+
+
 def _permutations(params: MinHashParams) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(params.seed)
     a = rng.integers(1, 2**32, size=params.num_perm, dtype=np.uint64) | np.uint64(1)  # odd: a bijection mod 2**32
@@ -150,7 +155,7 @@ def _signatures(codes: np.ndarray, starts: np.ndarray, params: MinHashParams,
     n = len(starts) - 1
     sigs = np.empty((n, params.num_perm), dtype=U32)
     keys = np.empty((n, params.bands), dtype=U64)
-    numba.set_num_threads(max(1, min(workers, numba.config.NUMBA_NUM_THREADS)))
+    _use_threads(workers)
     _signature_kernel(codes, starts, params.ngram, params.short_ngram, params.short_below, a, b, params.rows, sigs,
                       keys)
     return sigs, keys
@@ -201,7 +206,7 @@ def jaccard(texts: Sequence[str], a: np.ndarray, b: np.ndarray, params: MinHashP
 def _jaccard(codes: np.ndarray, starts: np.ndarray, a: np.ndarray, b: np.ndarray, params: MinHashParams,
              workers: int) -> np.ndarray:
     out = np.zeros(len(a))
-    numba.set_num_threads(max(1, min(workers, numba.config.NUMBA_NUM_THREADS)))
+    _use_threads(workers)
     _jaccard_kernel(codes, starts, np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64), params.ngram,
                     params.short_ngram, params.short_below, out)
     return out

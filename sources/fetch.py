@@ -67,16 +67,20 @@ def check_manual(source: Source, manual_root: Path) -> Obtained:
     files = cache.file_sizes(folder, present)
     if not missing:
         return Obtained(source.name, "present", folder, files=files)
-    wanted = ", ".join(missing)
     if present:
-        return Obtained(source.name, "partial", folder, f"{wanted} missing from {folder}/: only the files present "
-                        "are read", files=files, missing=missing)
+        return Obtained(source.name, "partial", folder, f"{', '.join(missing)} missing from {folder}/: only the files "
+                        "present are read", files=files, missing=missing)
+    status = "unavailable" if obtain.unavailable else "skipped"
+    return Obtained(source.name, status, None, manual_guidance(obtain, folder, missing), missing=missing)
+
+
+def manual_guidance(obtain: ManualObtain, folder: Path, files: list[str]) -> str:
+    """What to do when a manual source's `files` are not in `folder`: where to get them, or why they cannot be had."""
+    wanted = ", ".join(files)
     if obtain.unavailable:
-        return Obtained(source.name, "unavailable", None, f"unavailable: {obtain.unavailable}. If you hold a copy, "
-                        f"put {wanted} in {folder}/", missing=missing)
+        return f"unavailable: {obtain.unavailable}. If you hold a copy, put {wanted} in {folder}/"
     note = f" ({obtain.note})" if obtain.note else ""
-    return Obtained(source.name, "skipped", None, f"download by hand from {obtain.page}{note} and put {wanted} in "
-                    f"{folder}/", missing=missing)
+    return f"download by hand from {obtain.page}{note} and put {wanted} in {folder}/"
 
 
 def _file_name(url: str) -> str:

@@ -1,25 +1,31 @@
-"""Near-duplicate detection with MinHash over character shingles, vectorised with numpy over whole batches.
+"""Near-duplicate detection with MinHash over character shingles: datasketch's MinHash, computed in one compiled loop.
 
-    texts ─► shingles (character 3-grams; 2-grams under `short_below` characters; a 1-character text is its own
-             shingle, so no text gets an empty signature) ─► 32-bit shingle hashes
-          ─► signatures: `num_perm` hash permutations (odd-multiplier affine maps mod 2**32 followed by an xor-shift,
-             each a bijection of the 32-bit space), minimum per text: one compiled loop (numba) over texts in parallel,
-             the only non-numpy step, because numpy's (shingles × permutations) temporaries make it memory-bound
+    texts ─► shingles (character 3-grams; 2-grams under `short_below` characters; a text shorter than its n-gram is
+             one shingle, so no text gets an empty signature) ─► 32-bit shingle hashes
+          ─► signatures: datasketch 2.0's `affine32` scheme with datasketch's own permutation parameters for `seed`
+             (each hash pre-mixed with murmur3's finaliser, then a * h + b mod 2**32, minimum per permutation), so
+             `signatures(texts)[0][i]` equals `MinHash(num_perm, seed, scheme="affine32", hashfunc=identity)
+             .update_batch(shingle hashes of text i)`: one compiled loop (numba) over texts in parallel instead of a
+             MinHash object per text
           ─► band keys: `bands` × `rows` = `num_perm`, one 64-bit key per band (in the same compiled loop)
-          ─► candidate pairs: texts sharing a band key (grouped with polars, not an in-memory LSH index)
+          ─► candidate pairs: texts sharing a band key, grouped with polars (streaming; from Parquet for big inputs),
+             not an in-memory LSH index
           ─► confirmed pairs: exact Jaccard of the shingle sets ≥ `threshold`
           ─► clusters: connected components of the confirmed pairs
 
 Hashes are seeded and computed with fixed integer arithmetic, so the same texts give the same clusters on every
-run and machine. The signature scheme is this module's own: do not mix its signatures with datasketch's or rensa's.
+run and machine. datasketch is pinned: 2.0 changed its default scheme, and signatures of different schemes (or of
+rensa) must not be mixed.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numba
 import numpy as np
 import polars as pl
+from datasketch import MinHash
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -108,30 +114,40 @@ def _use_threads(workers: int) -> None:
     numba.set_num_threads(max(1, min(workers, numba.config.NUMBA_NUM_THREADS)))
 
 
-def _permutations(params: MinHashParams) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(params.seed)
-    a = rng.integers(1, 2**32, size=params.num_perm, dtype=np.uint64) | np.uint64(1)  # odd: a bijection mod 2**32
-    b = rng.integers(0, 2**32, size=params.num_perm, dtype=np.uint64)
-    return a, b
+def permutations(params: MinHashParams) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's affine32 permutation parameters (a odd, b) for `num_perm` and `seed`, as uint32 arrays."""
+    a, b = MinHash(num_perm=params.num_perm, seed=params.seed, scheme="affine32").permutations
+    return np.ascontiguousarray(a, dtype=U32), np.ascontiguousarray(b, dtype=U32)
+
+
+@numba.njit(inline="always")
+def _fmix32(h: np.uint64) -> np.uint32:
+    """MurmurHash3's 32-bit finaliser: datasketch's pre-mix of each hash value before its permutations."""
+    mask = np.uint64(0xFFFFFFFF)
+    h ^= h >> np.uint64(16)
+    h = (h * np.uint64(0x85EBCA6B)) & mask
+    h ^= h >> np.uint64(13)
+    h = (h * np.uint64(0xC2B2AE35)) & mask
+    h ^= h >> np.uint64(16)
+    return np.uint32(h)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _signature_kernel(codes: np.ndarray, starts: np.ndarray, ngram: int, short_ngram: int, short_below: int,
                       a: np.ndarray, b: np.ndarray, rows: int, out: np.ndarray, keys: np.ndarray) -> None:
-    """For each text d (in parallel): out[d, k] = min over its shingle hashes h of xorshift((a[k] * h + b[k]) mod
-    2**32); keys[d, j] = a 64-bit hash of band j, out[d, j * rows:(j + 1) * rows], distinct per band."""
-    mask = np.uint64(0xFFFFFFFF)
+    """For each text d (in parallel): out[d, k] = min over its shingle hashes h of (a[k] * fmix32(h) + b[k]) mod
+    2**32 (datasketch's affine32 MinHash); keys[d, j] = a 64-bit hash of band j, out[d, j * rows:(j + 1) * rows],
+    distinct per band."""
+    num_perm = len(a)
     for d in numba.prange(len(starts) - 1):
         start, length = starts[d], starts[d + 1] - starts[d]
         count, width = _shingle_count(length, ngram, short_ngram, short_below)
-        row = out[d]
-        row[:] = 0xFFFFFFFF
+        row = np.full(num_perm, 0xFFFFFFFF, dtype=np.uint32)
         for i in range(count):
-            h = _shingle_hash(codes, start + i, width, length == 0)
-            for k in range(len(a)):
-                v = (h * a[k] + b[k]) & mask
-                v ^= v >> np.uint64(15)
-                row[k] = min(row[k], v)
+            h = _fmix32(_shingle_hash(codes, start + i, width, length == 0))
+            for k in range(num_perm):
+                row[k] = min(row[k], np.uint32(a[k] * h + b[k]))
+        out[d] = row
         for j in range(keys.shape[1]):
             key = np.uint64(0xCBF29CE484222325) ^ (np.uint64(j) * np.uint64(0x9E3779B97F4A7C15))
             for r in range(j * rows, (j + 1) * rows):
@@ -151,7 +167,7 @@ def signatures(texts: Sequence[str], params: MinHashParams, workers: int = 2) ->
 
 def _signatures(codes: np.ndarray, starts: np.ndarray, params: MinHashParams,
                 workers: int) -> tuple[np.ndarray, np.ndarray]:
-    a, b = _permutations(params)
+    a, b = permutations(params)
     n = len(starts) - 1
     sigs = np.empty((n, params.num_perm), dtype=U32)
     keys = np.empty((n, params.bands), dtype=U64)
@@ -161,21 +177,31 @@ def _signatures(codes: np.ndarray, starts: np.ndarray, params: MinHashParams,
     return sigs, keys
 
 
-def candidate_pairs(keys: np.ndarray) -> pl.DataFrame:
-    """Pairs (a < b) of texts sharing a band key: the texts of each key chained in index order, deduplicated."""
+def candidate_pairs(keys: np.ndarray | pl.LazyFrame, bucket_all_pairs_max: int = 32) -> pl.DataFrame:
+    """Pairs (a < b) of texts sharing a band key, deduplicated and sorted.
+
+    `keys`: an (n, bands) array, or a LazyFrame with columns key (uint64) and idx (int64), e.g. scanned from
+    Parquet so that the grouping runs out of core. A bucket (texts sharing a key) of at most `bucket_all_pairs_max`
+    texts gives all its pairs; a bigger one gives its first text paired with each other one, so that a key shared by
+    thousands of texts does not give millions of pairs.
+    """
+    frame = band_frame(keys) if isinstance(keys, np.ndarray) else keys
+    sizes = frame.group_by("key").agg(size=pl.len(), first=pl.col("idx").min()).filter(pl.col("size") > 1)
+    # Only texts in shared buckets are held in memory from here on.
+    buckets = frame.join(sizes, on="key").collect(engine="streaming").lazy()
+    small = buckets.filter(pl.col("size") <= bucket_all_pairs_max).select("key", "idx")
+    all_pairs = (small.join(small, on="key", suffix="_b").filter(pl.col("idx") < pl.col("idx_b"))
+                 .select(a=pl.col("idx"), b=pl.col("idx_b")))
+    star = (buckets.filter((pl.col("size") > bucket_all_pairs_max) & (pl.col("idx") != pl.col("first")))
+            .select(a=pl.col("first"), b=pl.col("idx")))
+    return pl.concat([all_pairs, star]).unique().sort(["a", "b"]).collect(engine="streaming")
+
+
+def band_frame(keys: np.ndarray, offset: int = 0) -> pl.LazyFrame:
+    """The band keys of texts offset, offset + 1, ... as a LazyFrame of (key, idx) rows."""
     n, bands = keys.shape
-    frame = pl.LazyFrame({"key": keys.reshape(-1), "idx": np.repeat(np.arange(n, dtype=np.int64), bands)})
-    return (
-        frame.filter(pl.col("key").is_duplicated())
-        .sort(["key", "idx"])
-        .with_columns(prev=pl.col("idx").shift(1), same=pl.col("key") == pl.col("key").shift(1))
-        .filter(pl.col("same"))
-        .select(a=pl.col("prev"), b=pl.col("idx"))
-        .filter(pl.col("a") != pl.col("b"))
-        .unique()
-        .sort(["a", "b"])
-        .collect(engine="streaming")
-    )
+    return pl.LazyFrame({"key": keys.reshape(-1),
+                         "idx": np.repeat(np.arange(offset, offset + n, dtype=np.int64), bands)})
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -217,21 +243,50 @@ class Clusters:
     """Near-duplicate clusters: a component label per text, and the confirmed pairs with their Jaccard."""
 
     labels: np.ndarray
-    pairs: pl.DataFrame  # a, b, jaccard (confirmed: jaccard ≥ threshold)
+    pairs: pl.DataFrame  # a, b, jaccard (confirmed: jaccard ≥ threshold; the lowest over the parts)
     candidates: int
 
 
-def near_duplicates(texts: Sequence[str], params: MinHashParams | None = None, workers: int = 2) -> Clusters:
-    """Cluster `texts` into near-duplicate groups (texts without a near-duplicate are clusters of one)."""
+BATCH_TEXTS = 262_144
+
+
+def near_duplicates(texts: Sequence[str], params: MinHashParams | None = None, workers: int = 2,
+                    parts: Sequence[Sequence[str]] | None = None, spill_dir: Path | None = None) -> Clusters:
+    """Cluster `texts` into near-duplicate groups (texts without a near-duplicate are clusters of one).
+
+    Candidates come from the band keys of `texts`; a candidate counts when the Jaccard of each of `parts` (default:
+    `texts` itself) reaches the threshold, e.g. the queries and the positives of pairs whose `texts` join the two,
+    so that two questions on one long passage are not taken for one pair. Signatures are computed BATCH_TEXTS at a
+    time and only their band keys kept; with `spill_dir` the keys go to Parquet files there and are grouped out of
+    core.
+    """
     params = params or MinHashParams()
+    n = len(texts)
+    frames = []
     codes, starts = _codes(texts)
-    _, keys = _signatures(codes, starts, params, workers)
-    candidates = candidate_pairs(keys)
+    for lo in range(0, n, BATCH_TEXTS):
+        hi = min(lo + BATCH_TEXTS, n)
+        _, keys = _signatures(codes, starts[lo:hi + 1], params, workers)
+        frame = band_frame(keys, offset=lo)
+        if spill_dir is not None:
+            path = spill_dir / f"band-keys-{lo:012d}.parquet"
+            frame.sink_parquet(path)
+            frame = pl.scan_parquet(path)
+        frames.append(frame)
+    candidates = candidate_pairs(pl.concat(frames) if frames else band_frame(np.zeros((0, params.bands), U64)))
     a, b = candidates["a"].to_numpy(), candidates["b"].to_numpy()
-    sim = _jaccard(codes, starts, a, b, params, workers)
+    sim = np.ones(len(a))
+    coded = texts
+    for part in parts if parts is not None else [texts]:
+        if len(part) != n:
+            raise ValueError(f"a part has {len(part)} texts for {n} texts")
+        if part is not coded:
+            del codes, starts  # one corpus of code points at a time
+            codes, starts = _codes(part)
+            coded = part
+        sim = np.minimum(sim, _jaccard(codes, starts, a, b, params, workers))
     keep = sim >= params.threshold
     pairs = pl.DataFrame({"a": a[keep], "b": b[keep], "jaccard": sim[keep]})
-    n = len(texts)
     graph = coo_matrix((np.ones(int(keep.sum()), dtype=np.int8), (a[keep], b[keep])), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     return Clusters(labels, pairs, len(candidates))

@@ -82,3 +82,41 @@ def test_banding_must_cover_the_signature():
     with pytest.raises(ValueError, match="bands × rows must equal num_perm"):
         MinHashParams(bands=10, rows=8)
     assert MinHashParams().candidate_probability(0.8) == pytest.approx(0.947, abs=1e-3)
+
+
+def test_signatures_are_datasketch_affine32_minhashes():
+    from datasketch import MinHash
+
+    texts = [*random_texts(50, seed=4), "好", "", "作为一个AI语言模型,我不能"]
+    sigs, _ = signatures(texts, PARAMS)
+    for text, hashes, sig in zip(texts, shingle_sets(texts, PARAMS), sigs, strict=True):
+        m = MinHash(num_perm=PARAMS.num_perm, seed=PARAMS.seed, scheme="affine32", hashfunc=int)
+        m.update_batch(hashes.tolist())
+        assert np.array_equal(m.hashvalues, sig), text
+
+
+def test_pairs_count_only_when_every_part_is_a_near_duplicate():
+    rng = random.Random(8)
+    passage = "".join(rng.choices(COMMON, k=300))
+    q1, q2 = "".join(rng.choices(COMMON, k=12)), "".join(rng.choices(COMMON, k=12))
+    queries = [q1, q2, q1, *random_texts(40, seed=2)]
+    positives = [passage, passage, passage[:150] + "错" + passage[151:], *random_texts(40, seed=3)]
+    joined = [f"{q}\x1f{p}" for q, p in zip(queries, positives, strict=True)]
+    assert near_duplicates(joined, PARAMS).labels[0] == near_duplicates(joined, PARAMS).labels[1]  # joined: ≈0.96
+    labels = near_duplicates(joined, PARAMS, parts=[queries, positives]).labels
+    assert labels[0] != labels[1]  # two questions on one passage are two pairs
+    assert labels[0] == labels[2]  # one question, one passage with one character changed: one pair
+
+
+def test_band_keys_spilled_to_parquet_give_the_same_clusters(tmp_path, monkeypatch):
+    import flows.minhash
+
+    rng = random.Random(12)
+    originals = ["".join(rng.choices(COMMON, k=60)) for _ in range(300)]
+    texts = originals + [t[:20] + "错" + t[21:] for t in originals[:100]]
+    want = near_duplicates(texts, PARAMS)
+    monkeypatch.setattr(flows.minhash, "BATCH_TEXTS", 64)  # several batches, several files
+    got = near_duplicates(texts, PARAMS, spill_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.parquet"))) == 7
+    assert np.array_equal(want.labels, got.labels) and want.pairs.equals(got.pairs)
+    assert len(set(got.labels)) == 300

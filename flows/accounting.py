@@ -169,3 +169,17 @@ class StageWriter:
         self.counts.kept_path = str(self._kept.path)
         self.counts.dropped_path = str(self._dropped.path)
         self.counts.seconds = round(time.perf_counter() - self._start, 3)
+
+
+def dropped_rows(table: pa.Table, source: str, stage_input: str, positions: list[int], reasons: list[str],
+                 details: list[str | None] | None = None, kept_ids: list[str | None] | None = None,
+                 table_offset: int = 0) -> pa.Table:
+    """DROPPED_SCHEMA rows for the m3e-hq rows at `positions` of `table`, which holds the rows from `table_offset`
+    on of the stage's input file `stage_input` (e.g. "ingest/lcqmc.parquet"): the row itself as JSON, its reason,
+    and the row kept instead when there is one."""
+    rows = table.take(positions).to_pylist()
+    return pa.Table.from_pylist([{
+        "source": source, "split": row["split"], "locator": f"{stage_input}#{table_offset + i}", "id": row["id"],
+        "reason": reason, "detail": details[k] if details else None,
+        "raw": json.dumps(row, ensure_ascii=False), "kept_id": kept_ids[k] if kept_ids else None,
+    } for k, (i, row, reason) in enumerate(zip(positions, rows, reasons, strict=True))], schema=DROPPED_SCHEMA)

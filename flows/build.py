@@ -1,9 +1,11 @@
 """The `build-m3e-hq` Prefect flow: a thin shell over the plain stage functions.
 
+    obtain + ingest (per source) ─► dedup (all sources at once) ─► filter (per source) ─► manifest
+
 `build_sources` is the plain function (no Prefect); the flow maps one obtain task (download, cache or manual
-folder) and then one ingest task per source, and writes the manifest. A source that cannot be obtained is reported
-as skipped, unavailable or failed, one whose folder lacks its files as missing, one whose ingest raises as failed:
-none of these stops the other sources.
+folder) and one ingest task per source, runs one dedup task over every ingested source, maps one filter task per
+source, and writes the manifest. A source that cannot be obtained is reported as skipped, unavailable or failed, one
+whose folder lacks its files as missing, one whose ingest raises as failed: none of these stops the other sources.
 """
 
 import traceback
@@ -11,12 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, task, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import progress
 from flows.accounting import StageCounts
+from flows.dedup import STAGE as DEDUP
+from flows.dedup import DedupParams, DedupResult, dedup_sources
 from flows.download import obtain_mapped, obtain_sources
+from flows.filters import STAGE as FILTER
+from flows.filters import FilterParams, filter_source
 from flows.ingest import STAGE as INGEST
 from flows.ingest import ingest_source
 from flows.manifest import write_manifest
@@ -77,32 +83,56 @@ def ingest_one(obtained: Obtained, build_dir: Path, max_chars: int) -> SourceRes
     return SourceResult(name, "ok", obtained.message, files, located.missing, summary, counts)
 
 
-def finish(params: BuildParams, results: list[SourceResult]) -> dict[str, Any]:
+def ingested(results: list[SourceResult]) -> dict[str, Path]:
+    """The ingest output of every source that was ingested."""
+    return {r.source: Path(r.counts.kept_path) for r in results if r.counts is not None and r.counts.kept_path}
+
+
+def dedup_all(results: list[SourceResult], params: BuildParams) -> DedupResult:
+    """The dedup stage over every ingested source."""
+    return dedup_sources(ingested(results), params.build_dir, params.dedup, default_catalog())
+
+
+def filter_one(counts: StageCounts, params: BuildParams) -> StageCounts:
+    """The filter stage for one source's dedup output."""
+    assert counts.kept_path is not None
+    return filter_source(counts.source, Path(counts.kept_path), params.build_dir, params.filters)
+
+
+def finish(params: BuildParams, results: list[SourceResult], dedup: DedupResult,
+           filtered: list[StageCounts]) -> dict[str, Any]:
     """Write the manifest for the results and return the build summary."""
-    counts = [r.counts for r in results if r.counts is not None]
+    stages = {INGEST: [r.counts for r in results if r.counts is not None], DEDUP: dedup.counts, FILTER: filtered}
     path = write_manifest(params.build_dir, params.model_dump(mode="json"),
-                          {r.source: r.summary() for r in results}, {INGEST: counts})
-    return {"manifest": str(path), "build_dir": str(params.build_dir), "results": results}
+                          {r.source: r.summary() for r in results}, stages, {DEDUP: dedup.stats})
+    return {"manifest": str(path), "build_dir": str(params.build_dir), "results": results, "stages": stages}
 
 
 def build_sources(params: BuildParams) -> dict[str, Any]:
-    """The whole build without Prefect: obtain and ingest every selected source in turn, then write the manifest."""
+    """The whole build without Prefect: obtain and ingest every selected source in turn, dedup them, filter each,
+    then write the manifest."""
     results = [ingest_one(o, params.build_dir, params.max_chars) for o in obtain_sources(params)]
-    return finish(params, results)
+    dedup = dedup_all(results, params)
+    return finish(params, results, dedup, [filter_one(c, params) for c in dedup.counts])
 
 
 ingest_task = task(ingest_one, name="ingest", task_run_name="ingest-{obtained.source}")
+dedup_task = task(dedup_all, name="dedup")
+filter_task = task(filter_one, name="filter", task_run_name="filter-{counts.source}")
 
 
 @flow(name=FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)
 def build_m3e_hq(samples: bool = False, raw_dir: str | None = None, sources: list[str] | None = None,
                  out_dir: str | None = None, max_chars: int = BuildParams.model_fields["max_chars"].default,
                  cache_dir: str | None = None, manual_dir: str | None = None, require_all: bool = False,
-                 ) -> dict[str, Any]:
+                 dedup: DedupParams | None = None, filters: FilterParams | None = None) -> dict[str, Any]:
     """Build m3e-hq: obtain each selected source (download, cache, manual folder or samples), ingest each one,
-    then write the manifest."""
+    dedup them together, filter each, then write the manifest."""
     params = BuildParams(samples=samples, raw_dir=raw_dir, sources=sources or [], out_dir=out_dir,
-                         max_chars=max_chars, cache_dir=cache_dir, manual_dir=manual_dir, require_all=require_all)
+                         max_chars=max_chars, cache_dir=cache_dir, manual_dir=manual_dir, require_all=require_all,
+                         dedup=dedup or DedupParams(), filters=filters or FilterParams())
     obtained = obtain_mapped(params)
-    futures = ingest_task.map(obtained, build_dir=params.build_dir, max_chars=params.max_chars)
-    return finish(params, [f.result() for f in futures])
+    results = [f.result() for f in ingest_task.map(obtained, build_dir=params.build_dir, max_chars=params.max_chars)]
+    deduped = dedup_task(results, params)
+    filtered = [f.result() for f in filter_task.map(deduped.counts, params=unmapped(params))]
+    return finish(params, results, deduped, filtered)

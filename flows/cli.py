@@ -213,7 +213,8 @@ def build(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     results = summary["results"]
-    console.print(summary_table(results))
+    console.print(summary_table(results, summary["stages"]))
+    console.print(stage_table(summary["stages"]))
     console.print(f"Manifest: {summary['manifest']}")
     for r in results:
         if r.status != "ok":
@@ -224,24 +225,44 @@ def build(
         raise typer.Exit(1)
 
 
-def summary_table(results: list) -> Table:
-    """Rows read, kept, filtered by the source's own rule, and quarantined as malformed, per source."""
+def summary_table(results: list, stages: dict) -> Table:
+    """Per source: rows read, kept by ingest, filtered by the source's own rule, quarantined as malformed, and
+    left after dedup and after the quality filters."""
     from flows.ingest import RULE_REASONS
 
-    table = Table(title="ingest: rows per source")
-    for column in ("source", "status", "read", "kept", "filtered", "quarantined", "reasons"):
-        table.add_column(column, justify="left" if column in ("source", "status", "reasons") else "right")
-    totals = [0, 0, 0, 0]
+    later = {stage: {c.source: c.kept for c in counts} for stage, counts in stages.items() if stage != "ingest"}
+    table = Table(title="rows per source")
+    columns = ("source", "status", "read", "ingested", "filtered", "quarantined", *(f"after {s}" for s in later),
+               "ingest reasons")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("source", "status", "ingest reasons") else "right")
+    totals = [0] * (4 + len(later))
     for r in results:
         c = r.counts
         if c is None:
-            table.add_row(r.source, r.status, "-", "-", "-", "-", "")
+            table.add_row(r.source, r.status, *["-"] * (len(columns) - 3), "")
             continue
         filtered = sum(n for reason, n in c.dropped.items() if reason in RULE_REASONS)
-        row = [c.read, c.kept, filtered, c.dropped_total - filtered]
-        totals = [t + n for t, n in zip(totals, row)]
+        row = [c.read, c.kept, filtered, c.dropped_total - filtered, *(kept.get(r.source, 0) for kept in
+                                                                      later.values())]
+        totals = [t + n for t, n in zip(totals, row, strict=True)]
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(c.dropped.items(), key=lambda kv: -kv[1]))
         table.add_row(r.source, r.status, *(f"{n:,}" for n in row), reasons)
     table.add_section()
     table.add_row("total", "", *(f"{n:,}" for n in totals), "")
+    return table
+
+
+def stage_table(stages: dict) -> Table:
+    """Per stage: rows read, kept and dropped, and the drop reasons; read = kept + dropped for every stage."""
+    from flows.manifest import stage_totals
+
+    table = Table(title="rows per stage")
+    for column in ("stage", "read", "kept", "dropped", "reasons"):
+        table.add_column(column, justify="left" if column in ("stage", "reasons") else "right")
+    for stage, counts in stages.items():
+        totals = stage_totals(counts)
+        dropped = sum(totals["dropped"].values())
+        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(totals["dropped"].items(), key=lambda kv: -kv[1]))
+        table.add_row(stage, f"{totals['read']:,}", f"{totals['kept']:,}", f"{dropped:,}", reasons)
     return table

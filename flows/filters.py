@@ -14,12 +14,18 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.accounting import BATCH_ROWS, StageCounts, StageWriter, dropped_rows
+from schemas import M3E_HQ_SCHEMA
 from schemas.enums import TaskType
+
+STAGE = "filter"
 
 TOO_SHORT = "too_short"
 TOO_LONG = "too_long"
@@ -123,13 +129,17 @@ class FilterParams(BaseModel):
         "earlier one: 0.5 keeps colloquial repeats such as '好多好多好多' and a text said twice (real passages stay "
         "under 0.35); loops said three times or more go")
     min_cjk_ratio: float = Field(
-        0.3, ge=0, le=1, description="lowest share of CJK ideographs among the letter units of text_pos (an "
-        "ideograph, kana or Hangul syllable, or a run of other letters such as a Latin word), outside code; "
-        "positives that look like source code are not checked")
+        0.3, ge=0, le=1, description="lowest share of CJK ideographs among the letter units of text_pos (or of text, see "
+        "cjk_query_side_task_types): an "
+        "ideograph, kana or Hangul syllable, or a run of other letters such as a Latin word, outside code; "
+        "texts that look like source code are not checked")
     cjk_min_units: int = Field(4, ge=1, description="text_pos with fewer letter units is not CJK-checked (short "
                                "answers such as 'NBA', 'iPhone 6')")
     cjk_exempt_task_types: tuple[TaskType, ...] = Field(
         (TaskType.NL2SQL,), description="task types whose positives are not CJK-checked (SQL)")
+    cjk_query_side_task_types: tuple[TaskType, ...] = Field(
+        (TaskType.INSTRUCTION,), description="task types whose language check is on the query (the instruction), "
+        "not the positive: a Chinese instruction may ask for an English translation or for code")
     min_pair_score: float | None = Field(
         None, description="teacher score below which a pair is dropped (needs the scores of the mining stage)")
 
@@ -216,7 +226,8 @@ def pair_reason(text: str, text_pos: str, homogeneous: bool, task_type: str, par
         return BOILERPLATE
     if _repetitive(query_key, params) or _repetitive(pos_key, params):
         return REPETITIVE
-    if task_type not in params.cjk_exempt_task_types and _low_cjk(text_pos, params):
+    checked = text if task_type in params.cjk_query_side_task_types else text_pos
+    if task_type not in params.cjk_exempt_task_types and _low_cjk(checked, params):
         return LOW_CJK_RATIO
     if score is not None and params.min_pair_score is not None and score < params.min_pair_score:
         return LOW_PAIR_SCORE
@@ -245,6 +256,25 @@ def reasons(table: pa.Table, params: FilterParams,
     columns = [table.column(name).to_pylist() for name in _TABLE_COLUMNS]
     return [pair_reason(text, text_pos, homogeneous, task_type, params, score)
             for text, text_pos, homogeneous, task_type, score in zip(*columns, row_scores, strict=True)]
+
+
+def filter_source(name: str, path: Path, out_dir: Path, params: FilterParams) -> StageCounts:
+    """The filter stage for one source: its dedup output `path` into `out_dir/filter/`, each pair kept or dropped
+    with the first reason that applies."""
+    stage_input = f"{path.parent.name}/{path.name}"
+    with StageWriter(out_dir / STAGE, STAGE, name, M3E_HQ_SCHEMA) as writer:
+        offset = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
+            table = pa.Table.from_batches([batch])
+            why = reasons(table, params)
+            writer.read(table.num_rows)
+            writer.keep_table(table.filter(pa.array([r is None for r in why])))
+            dropped = [i for i, r in enumerate(why) if r is not None]
+            if dropped:
+                writer.drop_table(dropped_rows(table, name, stage_input, dropped, [why[i] for i in dropped],
+                                               table_offset=offset))
+            offset += table.num_rows
+    return writer.counts
 
 
 def _near_containment(a: str, b: str, min_coverage: float) -> bool:

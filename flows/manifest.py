@@ -24,8 +24,10 @@ def stage_totals(counts: list[StageCounts]) -> dict[str, Any]:
 
 
 def write_manifest(build_dir: Path, params: dict[str, Any], sources: dict[str, dict[str, Any]],
-                   stages: dict[str, list[StageCounts]]) -> Path:
-    """Write `<build_dir>/manifest.json` atomically, after checking every stage's accounting identity."""
+                   stages: dict[str, list[StageCounts]], stats: dict[str, dict[str, Any]] | None = None) -> Path:
+    """Write `<build_dir>/manifest.json` atomically, after checking every stage's accounting identity.
+
+    `stats`: per stage, what it found besides its counts (e.g. the dedup stage's duplicates by source pair)."""
     for counts in stages.values():
         for c in counts:
             c.check()
@@ -35,7 +37,8 @@ def write_manifest(build_dir: Path, params: dict[str, Any], sources: dict[str, d
         "params": params,
         "sources": sources,
         "stages": {
-            stage: {"totals": stage_totals(counts), "sources": {c.source: c.to_dict() for c in counts}}
+            stage: {"totals": stage_totals(counts), "sources": {c.source: c.to_dict() for c in counts},
+                    **({"stats": (stats or {})[stage]} if stage in (stats or {}) else {})}
             for stage, counts in stages.items()
         },
     }

@@ -6,6 +6,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flows.clean import DEFAULT_MAX_CHARS
+from flows.dedup import DedupParams
+from flows.filters import FilterParams
 from sources import cache
 from sources.catalog import default_catalog
 from sources.layout import SAMPLES_DIR
@@ -27,6 +29,9 @@ class BuildParams(BaseModel):
     manual_dir: Path | None = Field(None, description="hand-downloaded sources; default $M3E_HQ_MANUAL or "
                                     "data/manual")
     require_all: bool = Field(False, description="fail when a selected source cannot be obtained")
+    dedup: DedupParams = Field(default_factory=DedupParams, description="the dedup stage: keys, MinHash, "
+                               "evaluation data kept out")
+    filters: FilterParams = Field(default_factory=FilterParams, description="the filter stage's thresholds")
 
     @field_validator("sources")
     @classmethod
@@ -42,6 +47,9 @@ class BuildParams(BaseModel):
         if self.samples and self.raw_dir is not None:
             raise ValueError("choose one input: samples=true (the shipped samples) or raw_dir=DIR (your own "
                              "files), or neither to download the sources")
+        if self.filters.min_pair_score is not None:
+            raise ValueError("filters.min_pair_score needs a teacher score for every pair, which the build does not "
+                             "compute yet: leave it unset")
         return self
 
     @property

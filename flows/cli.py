@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.clean import DEFAULT_MAX_CHARS
+from flows.minhash import MinHashParams
 from sources import cache
 from sources.catalog import CatalogError, HttpObtain, HubObtain, ManualObtain, Source, default_catalog
 from sources.fetch import Obtained, source_status
@@ -134,9 +135,24 @@ def split_names(values: list[str] | None) -> list[str]:
     return [n for value in values or [] for n in value.split(",") if n]
 
 
+def read_mapping(path: Path) -> dict:
+    """A YAML or JSON file holding one mapping (JSON is YAML)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of setting: value")  # noqa: TRY004 - reported as bad input
+    return data
+
+
 def fail_on_invalid(exc: ValidationError) -> NoReturn:
     for err in exc.errors():
-        console.print(f"[red]error:[/red] {err['msg'].removeprefix('Value error, ')}")
+        where = ".".join(str(part) for part in err["loc"] if part)
+        message = err["msg"].removeprefix("Value error, ")
+        console.print(f"[red]error:[/red] {f'{where}: ' if where and err['type'] != 'value_error' else ''}{message}")
     raise typer.Exit(2) from None
 
 
@@ -185,18 +201,39 @@ def build(
     cache_dir: CacheOption = None,
     manual_dir: ManualOption = None,
     require_all: RequireAllOption = False,
+    dedup_on: Annotated[str, typer.Option(help="dedup key: pair (query + positive), query (one positive per query), "
+                                          "or query-s2p (the query for s2p sources, the pair for s2s)")] = "pair",
+    near_threshold: Annotated[float, typer.Option(help="Jaccard of character shingles from which two keys are "
+                                                  "near-duplicates")] = MinHashParams().threshold,
+    near: Annotated[bool, typer.Option(help="drop near-duplicates (--no-near: exact duplicates only)")] = True,
+    keep_eval_splits: Annotated[bool, typer.Option("--keep-eval-splits", help="keep the native splits C-MTEB "
+                                                   "evaluates on (dropped by default)")] = False,
+    decontaminate: Annotated[Path | None, typer.Option(help="evaluation texts (.jsonl, .parquet or .txt): drop rows "
+                                                       "whose query or positive is an exact or near duplicate of "
+                                                       "one")] = None,
+    filters: Annotated[Path | None, typer.Option(help="YAML or JSON file of quality-filter thresholds to change "
+                                                 "(FilterParams fields)")] = None,
 ) -> None:
-    """Run the build-m3e-hq flow: obtain (download) and ingest every selected source, print per-source counts,
-    write the manifest. Without --samples or --raw-dir the sources are downloaded into the cache first."""
+    """Run the build-m3e-hq flow: obtain (download) and ingest every selected source, dedup them, filter the pairs,
+    print per-source and per-stage counts, write the manifest. Without --samples or --raw-dir the sources are
+    downloaded into the cache first."""
+    from flows.dedup import DedupParams
     from flows.download import MissingSourcesError
+    from flows.filters import FilterParams
     from flows.params import BuildParams
 
     try:
+        dedup = DedupParams(on=dedup_on, near=near, minhash=MinHashParams(threshold=near_threshold),
+                            exclude_eval_splits=not keep_eval_splits, decontaminate=decontaminate)
         params = BuildParams(samples=samples, raw_dir=raw_dir, sources=split_names(source), out_dir=out,
                              max_chars=max_chars, cache_dir=cache_dir, manual_dir=manual_dir,
-                             require_all=require_all)
+                             require_all=require_all, dedup=dedup,
+                             filters=FilterParams(**read_mapping(filters)) if filters else FilterParams())
     except ValidationError as exc:
         fail_on_invalid(exc)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
 
     from flows import progress
     from flows.build import build_m3e_hq
@@ -208,7 +245,8 @@ def build(
             summary = build_m3e_hq(
                 samples=params.samples, raw_dir=str(params.raw_dir) if params.raw_dir else None,
                 sources=params.sources, out_dir=str(params.build_dir), max_chars=params.max_chars,
-                cache_dir=str(params.cache_root), manual_dir=str(params.manual_root), require_all=require_all)
+                cache_dir=str(params.cache_root), manual_dir=str(params.manual_root), require_all=require_all,
+                dedup=params.dedup, filters=params.filters)
     except MissingSourcesError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flows.accounting import StageCounts, StageWriter, dropped_rows
 from flows.filters import normalize
@@ -49,6 +49,7 @@ SEPARATOR = "\x1f"  # between the query and the positive in a pair key
 SPILL_ABOVE_ROWS = 4_000_000  # more rows than this: band keys are grouped from Parquet, out of core
 _COMMERCIAL_RANK = {Permission.YES.value: 0, Permission.UNKNOWN.value: 1, Permission.NO.value: 2}
 _QUALITY_RANK = {Quality.EXCELLENT.value: 0, Quality.GOOD.value: 1}
+EVAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
 _COLUMNS = ["id", "source", "split", "text", "text_pos", "commercial", "quality", "homogeneous"]
 
 
@@ -68,6 +69,16 @@ class DedupParams(BaseModel):
     decontaminate: Path | None = Field(None, description="evaluation texts (JSONL, Parquet or TXT): drop rows whose "
                                        "query or positive is an exact or near duplicate of one")
     workers: int = Field(2, ge=1, description="threads for the MinHash kernels")
+
+    @field_validator("decontaminate")
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            if path.suffix.lower() not in EVAL_SUFFIXES:
+                raise ValueError(f"decontamination file {path}: use {', '.join(EVAL_SUFFIXES)}")
+            if not path.is_file():
+                raise ValueError(f"decontamination file {path} not found")
+        return path
 
 
 @dataclass
@@ -134,7 +145,7 @@ def read_eval_texts(path: Path) -> list[str]:
     elif suffix == ".txt":
         texts = path.read_text(encoding="utf-8").splitlines()
     else:
-        raise ValueError(f"decontamination file {path}: use .jsonl, .parquet or .txt")
+        raise ValueError(f"decontamination file {path}: use {', '.join(EVAL_SUFFIXES)}")
     return [t for t in texts if isinstance(t, str) and t.strip()]
 
 

@@ -20,6 +20,7 @@ not depend on the order rows are read in, and a duplicate never costs the commer
 
 import json
 import tempfile
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -115,8 +116,9 @@ class _Decisions:
 
 
 def key(text: str) -> str:
-    """The normalised comparison key of a text; a text of punctuation only is its own key (never an empty key)."""
-    return normalize(text) or text.strip()
+    """The normalised comparison key of a text; a text of punctuation only keeps its punctuation (NFKC, no
+    whitespace), so that it never gets the empty key."""
+    return normalize(text) or "".join(unicodedata.normalize("NFKC", text).split())
 
 
 def read_eval_texts(path: Path) -> list[str]:

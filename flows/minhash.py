@@ -45,6 +45,7 @@ class MinHashParams:
     rows: int = 8
     threshold: float = 0.8
     seed: int = 20230601
+    bucket_all_pairs_max: int = 32  # texts sharing a band key: all pairs up to this many, else the first with each
 
     def __post_init__(self) -> None:
         if self.bands * self.rows != self.num_perm:
@@ -177,15 +178,30 @@ def _signatures(codes: np.ndarray, starts: np.ndarray, params: MinHashParams,
     return sigs, keys
 
 
+GROUP_ROWS = 4_000_000  # band keys grouped at once by candidate_pairs (band keys are distinct across bands)
+
+
 def candidate_pairs(keys: np.ndarray | pl.LazyFrame, bucket_all_pairs_max: int = 32) -> pl.DataFrame:
     """Pairs (a < b) of texts sharing a band key, deduplicated and sorted.
 
-    `keys`: an (n, bands) array, or a LazyFrame with columns key (uint64) and idx (int64), e.g. scanned from
-    Parquet so that the grouping runs out of core. A bucket (texts sharing a key) of at most `bucket_all_pairs_max`
-    texts gives all its pairs; a bigger one gives its first text paired with each other one, so that a key shared by
-    thousands of texts does not give millions of pairs.
+    `keys`: an (n, bands) array, or a LazyFrame as `band_frame` makes (columns idx, b0, b1, ...), e.g. scanned
+    from Parquet so that the grouping runs out of core. Bands are grouped a few at a time (at most
+    GROUP_ROWS keys at once), so that memory stays bounded however many texts there are. A bucket (texts sharing a
+    key) of at most `bucket_all_pairs_max` texts gives all its pairs; a bigger one gives its first text paired with
+    each other one, so that a key shared by thousands of texts does not give millions of pairs.
     """
     frame = band_frame(keys) if isinstance(keys, np.ndarray) else keys
+    bands = [name for name in frame.collect_schema().names() if name != "idx"]
+    n = frame.select(pl.len()).collect().item()
+    per_group = max(1, GROUP_ROWS // max(n, 1))
+    pairs = [_band_pairs(pl.concat([frame.select("idx", key=pl.col(band)) for band in bands[g:g + per_group]]),
+                         bucket_all_pairs_max) for g in range(0, len(bands), per_group)]
+    return (pl.concat(pairs) if pairs else pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64})).unique().sort(
+        ["a", "b"])
+
+
+def _band_pairs(frame: pl.LazyFrame, bucket_all_pairs_max: int) -> pl.DataFrame:
+    """The candidate pairs of one band (columns idx, key)."""
     sizes = frame.group_by("key").agg(size=pl.len(), first=pl.col("idx").min()).filter(pl.col("size") > 1)
     # Only texts in shared buckets are held in memory from here on.
     buckets = frame.join(sizes, on="key").collect(engine="streaming").lazy()
@@ -194,14 +210,14 @@ def candidate_pairs(keys: np.ndarray | pl.LazyFrame, bucket_all_pairs_max: int =
                  .select(a=pl.col("idx"), b=pl.col("idx_b")))
     star = (buckets.filter((pl.col("size") > bucket_all_pairs_max) & (pl.col("idx") != pl.col("first")))
             .select(a=pl.col("first"), b=pl.col("idx")))
-    return pl.concat([all_pairs, star]).unique().sort(["a", "b"]).collect(engine="streaming")
+    return pl.concat([all_pairs, star]).cast(pl.Int64).unique().collect(engine="streaming")
 
 
 def band_frame(keys: np.ndarray, offset: int = 0) -> pl.LazyFrame:
-    """The band keys of texts offset, offset + 1, ... as a LazyFrame of (key, idx) rows."""
+    """The band keys of texts offset, offset + 1, ... as a LazyFrame: idx, then one column per band (b0, b1, ...)."""
     n, bands = keys.shape
-    return pl.LazyFrame({"key": keys.reshape(-1),
-                         "idx": np.repeat(np.arange(offset, offset + n, dtype=np.int64), bands)})
+    return pl.LazyFrame({"idx": np.arange(offset, offset + n, dtype=np.int64),
+                         **{f"b{j}": keys[:, j] for j in range(bands)}})
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -273,7 +289,8 @@ def near_duplicates(texts: Sequence[str], params: MinHashParams | None = None, w
             frame.sink_parquet(path)
             frame = pl.scan_parquet(path)
         frames.append(frame)
-    candidates = candidate_pairs(pl.concat(frames) if frames else band_frame(np.zeros((0, params.bands), U64)))
+    candidates = candidate_pairs(pl.concat(frames) if frames else band_frame(np.zeros((0, params.bands), U64)),
+                                 params.bucket_all_pairs_max)
     a, b = candidates["a"].to_numpy(), candidates["b"].to_numpy()
     sim = np.ones(len(a))
     coded = texts

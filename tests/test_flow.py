@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 from pydantic import ValidationError
@@ -12,6 +14,7 @@ from flows.build import FLOW_NAME, build_m3e_hq
 from flows.cli import app, manual_markdown_table, markdown_table
 from flows.params import BuildParams
 from sources import adapters
+from sources.layout import SAMPLES_DIR
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -69,6 +72,55 @@ def test_cli_build_on_samples_prints_the_summary(prefect_server, tmp_path):
     assert [cell.strip() for cell in row.split("│")[3:7]] == ["61", "18", "40", "3"]
     assert "label_filtered 40" in row
     assert f"Manifest: {tmp_path / 'manifest.json'}" in result.output.replace("\n", "")
+    manifest = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
+    stage_rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:5]]
+                  for line in result.output.splitlines() if line.startswith(("│ dedup", "│ filter"))}
+    assert "rows per stage" in result.output
+    for stage in ("dedup", "filter"):
+        totals = manifest["stages"][stage]["totals"]
+        assert stage_rows[stage] == [str(totals["read"]), str(totals["kept"]), str(sum(totals["dropped"].values()))]
+
+
+def test_flow_runs_ingest_dedup_filter_and_the_counts_chain(prefect_server, tmp_path):
+    sources = ["lcqmc", "SimCLUE", "firefily", "hc3_chinese"]
+    build_m3e_hq(samples=True, sources=sources, out_dir=str(tmp_path))
+    manifest = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
+    stages = manifest["stages"]
+    assert list(stages) == ["ingest", "dedup", "filter"]
+    for source in sources:
+        ingest, dedup, filtered = (stages[s]["sources"][source] for s in ("ingest", "dedup", "filter"))
+        assert dedup["read"] == ingest["kept"] and filtered["read"] == dedup["kept"]
+        for counts in (dedup, filtered):
+            assert counts["read"] == counts["kept"] + sum(counts["dropped"].values())
+            assert pq.read_metadata(counts["kept_path"]).num_rows == counts["kept"]
+            assert pq.read_metadata(counts["dropped_path"]).num_rows == sum(counts["dropped"].values())
+    lcqmc_test = pq.read_table(tmp_path / "ingest" / "lcqmc.parquet").filter(pc.field("split") == "test").num_rows
+    assert lcqmc_test > 0 and stages["dedup"]["sources"]["lcqmc"]["dropped"]["eval_split"] == lcqmc_test
+    assert stages["filter"]["sources"]["SimCLUE"]["dropped"] == {"query_in_positive": 1}
+    assert manifest["params"]["dedup"]["on"] == "pair" and manifest["params"]["dedup"]["minhash"]["threshold"] == 0.8
+    assert set(manifest["stages"]["dedup"]["stats"]) >= {"exact_duplicate_keys", "near", "duplicates_by_source"}
+
+
+def test_cli_dedup_and_filter_options_reach_the_build(prefect_server, tmp_path):
+    eval_file = tmp_path / "eval.txt"
+    positive = next(r for r in pq.read_table(SAMPLES_DIR / "lcqmc" / "LCQMC" / "train" / "0000.parquet").to_pylist()
+                    if r["label"] == 1 and r["sentence1"] and r["sentence2"])
+    eval_file.write_text(positive["sentence1"] + "\n", encoding="utf-8")
+    thresholds = tmp_path / "filters.yaml"
+    thresholds.write_text("s2s_query_min_chars: 100\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["build", "--samples", "-s", "lcqmc", "--out", str(out), "--dedup-on", "query",
+                                      "--keep-eval-splits", "--decontaminate", str(eval_file), "--no-near",
+                                      "--filters", str(thresholds)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    dedup = manifest["stages"]["dedup"]["sources"]["lcqmc"]
+    assert "eval_split" not in dedup["dropped"] and dedup["dropped"]["eval_overlap"] >= 1
+    assert manifest["params"]["dedup"]["on"] == "query" and not manifest["params"]["dedup"]["near"]
+    filtered = manifest["stages"]["filter"]["sources"]["lcqmc"]
+    assert filtered["kept"] == 0 and filtered["dropped"] == {"too_short": filtered["read"]}
+    bad = CliRunner().invoke(app, ["build", "--samples", "--dedup-on", "passage"])
+    assert bad.exit_code == 2 and "on: Input should be 'pair', 'query' or 'query-s2p'" in bad.output
 
 
 def test_build_params_errors_say_what_to_do(tmp_path):

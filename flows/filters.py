@@ -129,17 +129,17 @@ class FilterParams(BaseModel):
         "earlier one: 0.5 keeps colloquial repeats such as '好多好多好多' and a text said twice (real passages stay "
         "under 0.35); loops said three times or more go")
     min_cjk_ratio: float = Field(
-        0.3, ge=0, le=1, description="lowest share of CJK ideographs among the letter units of text_pos (or of text, see "
-        "cjk_query_side_task_types): an "
+        0.3, ge=0, le=1, description="lowest share of CJK ideographs among the letter units of text_pos (see also "
+        "cjk_either_side_task_types): an "
         "ideograph, kana or Hangul syllable, or a run of other letters such as a Latin word, outside code; "
         "texts that look like source code are not checked")
     cjk_min_units: int = Field(4, ge=1, description="text_pos with fewer letter units is not CJK-checked (short "
                                "answers such as 'NBA', 'iPhone 6')")
     cjk_exempt_task_types: tuple[TaskType, ...] = Field(
         (TaskType.NL2SQL,), description="task types whose positives are not CJK-checked (SQL)")
-    cjk_query_side_task_types: tuple[TaskType, ...] = Field(
-        (TaskType.INSTRUCTION,), description="task types whose language check is on the query (the instruction), "
-        "not the positive: a Chinese instruction may ask for an English translation or for code")
+    cjk_either_side_task_types: tuple[TaskType, ...] = Field(
+        (TaskType.INSTRUCTION,), description="task types whose language check passes when either side is Chinese, "
+        "not only the positive: an instruction may ask for a translation from or into Chinese")
     min_pair_score: float | None = Field(
         None, description="teacher score below which a pair is dropped (needs the scores of the mining stage)")
 
@@ -226,8 +226,8 @@ def pair_reason(text: str, text_pos: str, homogeneous: bool, task_type: str, par
         return BOILERPLATE
     if _repetitive(query_key, params) or _repetitive(pos_key, params):
         return REPETITIVE
-    checked = text if task_type in params.cjk_query_side_task_types else text_pos
-    if task_type not in params.cjk_exempt_task_types and _low_cjk(checked, params):
+    if task_type not in params.cjk_exempt_task_types and _low_cjk(text_pos, params) and (
+            task_type not in params.cjk_either_side_task_types or _low_cjk(text, params)):
         return LOW_CJK_RATIO
     if score is not None and params.min_pair_score is not None and score < params.min_pair_score:
         return LOW_PAIR_SCORE

@@ -175,3 +175,13 @@ def test_readme_source_tables_are_generated_from_the_catalog(catalog):
     manual = CliRunner().invoke(app, ["sources", "--manual-markdown"]).output.strip()
     assert manual == manual_markdown_table(catalog.sources) and manual in readme
     assert manual.count("\n| ") == 10  # the manual sources, amazon_reviews_multi included
+
+
+def test_readme_documents_every_stage_setting_and_reason():
+    from flows import dedup, filters
+
+    readme = README.read_text(encoding="utf-8")
+    names = [*filters.FilterParams.model_fields, *filters.REASONS, *dedup.REASONS]
+    assert [name for name in names if f"`{name}`" not in readme] == []
+    cli_options = ["--dedup-on", "--near-threshold", "--no-near", "--keep-eval-splits", "--decontaminate", "--filters"]
+    assert [option for option in cli_options if f"`{option}" not in readme] == []

@@ -278,3 +278,25 @@ def test_vectorised_repetition_matches_the_plain_one(key, n):
     long_run, dup_share = filters._repetition_stats(key, n, 10)
     assert long_run == (filters._char_run(10).search(key) is not None)
     assert dup_share == pytest.approx(filters._ngram_dup_share(key, n))
+
+
+def test_filter_stage_writes_kept_and_dropped_rows_with_the_accounting(tmp_path, catalog, monkeypatch):
+    from flows.ingest import tags
+    from schemas import M3E_HQ_SCHEMA
+
+    rows = [{"id": f"{i:024x}", "text": text, "text_pos": text_pos, "split": "train",
+             **tags(catalog.get("firefily" if task_type == "instruction" else "CINLID")), "homogeneous": homogeneous,
+             "task_type": task_type} for i, (text, text_pos, homogeneous, task_type) in enumerate(PAIRS * 3)]
+    path = tmp_path / "dedup" / "mixed.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=M3E_HQ_SCHEMA), path)
+    monkeypatch.setattr(filters, "BATCH_ROWS", 5)  # three batches: locators count rows across them
+    counts = filters.filter_source("mixed", path, tmp_path, DEFAULTS)
+    counts.check()
+    assert (counts.read, counts.kept, counts.dropped) == (12, 9, {BOILERPLATE: 3})
+    kept = pq.read_table(tmp_path / "filter" / "mixed.parquet")
+    dropped = pq.read_table(tmp_path / "filter" / "dropped" / "mixed.parquet").to_pylist()
+    assert kept.schema.equals(M3E_HQ_SCHEMA, check_metadata=False)
+    assert kept["id"].to_pylist() == [r["id"] for r in rows if r["text"] != "你有感情吗"]
+    assert [(d["id"], d["locator"], d["reason"]) for d in dropped] == [
+        (f"{i:024x}", f"dedup/mixed.parquet#{i}", BOILERPLATE) for i in (2, 6, 10)]

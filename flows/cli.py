@@ -213,22 +213,43 @@ def build(
                                                        "one")] = None,
     filters: Annotated[Path | None, typer.Option(help="YAML or JSON file of quality-filter thresholds to change "
                                                  "(FilterParams fields)")] = None,
+    encoder: Annotated[str | None, typer.Option(help="sentence-transformers model for mining (e.g. moka-ai/m3e-base; "
+                                                "default: the packaged all-MiniLM-L6-v2 demo)")] = None,
+    teacher: Annotated[str | None, typer.Option(help="'bi-encoder' (default) or a cross-encoder model (e.g. "
+                                                "BAAI/bge-reranker-base)")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device for the models (default cuda when available)")]
+    = None,
+    search: Annotated[str | None, typer.Option(help="search backend: auto, faiss-gpu, torch-cuda or faiss-cpu")]
+    = None,
+    num_negatives: Annotated[int | None, typer.Option(help="hard negatives per pair (default 7)")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of random negative sampling")] = None,
+    min_pair_score: Annotated[float | None, typer.Option(help="drop pairs the teacher scores below this")] = None,
+    mine: Annotated[Path | None, typer.Option("--mine", help="YAML or JSON file of mine-stage settings (MineParams "
+                                              "fields; the options above win)")] = None,
 ) -> None:
     """Run the build-m3e-hq flow: obtain (download) and ingest every selected source, dedup them, filter the pairs,
-    print per-source and per-stage counts, write the manifest. Without --samples or --raw-dir the sources are
+    mine hard negatives and teacher scores, print per-source and per-stage counts, write the manifest. Without --samples or --raw-dir the sources are
     downloaded into the cache first."""
     from flows.dedup import DedupParams
     from flows.download import MissingSourcesError
     from flows.filters import FilterParams
+    from flows.mine import MineParams
+    from flows.negatives import NegativeParams
     from flows.params import BuildParams
 
     try:
         dedup = DedupParams(on=dedup_on, near=near, minhash=MinHashParams(threshold=near_threshold),
                             exclude_eval_splits=not keep_eval_splits, decontaminate=decontaminate)
+        mine_settings = read_mapping(mine) if mine else {}
+        negative_settings = mine_settings.pop("negatives", {})
+        negative_settings |= {k: v for k, v in {"num_negatives": num_negatives, "seed": seed}.items() if v is not None}
+        mine_settings |= {k: v for k, v in {"encoder": encoder, "teacher": teacher, "device": device, "search": search,
+                                            "min_pair_score": min_pair_score}.items() if v is not None}
         params = BuildParams(samples=samples, raw_dir=raw_dir, sources=split_names(source), out_dir=out,
                              max_chars=max_chars, cache_dir=cache_dir, manual_dir=manual_dir,
                              require_all=require_all, dedup=dedup,
-                             filters=FilterParams(**read_mapping(filters)) if filters else FilterParams())
+                             filters=FilterParams(**read_mapping(filters)) if filters else FilterParams(),
+                             mine=MineParams(**mine_settings, negatives=NegativeParams(**negative_settings)))
     except ValidationError as exc:
         fail_on_invalid(exc)
     except ValueError as exc:
@@ -246,7 +267,7 @@ def build(
                 samples=params.samples, raw_dir=str(params.raw_dir) if params.raw_dir else None,
                 sources=params.sources, out_dir=str(params.build_dir), max_chars=params.max_chars,
                 cache_dir=str(params.cache_root), manual_dir=str(params.manual_root), require_all=require_all,
-                dedup=params.dedup, filters=params.filters)
+                dedup=params.dedup, filters=params.filters, mine=params.mine)
     except MissingSourcesError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None

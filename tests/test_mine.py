@@ -1,0 +1,169 @@
+"""The mine stage (flows.mine) with tiny random BERT models built from a config: negatives, teacher scores, the
+accounting, reproducibility, shortfalls, and clear failures on a GPU path without a GPU."""
+
+import json
+import random
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from flows.dedup import key
+from flows.encode import encode, load_encoder
+from flows.ingest import tags
+from flows.mine import NO_NEGATIVES, MineParams, mine_sources
+from flows.negatives import NegativeParams
+from flows.teacher import CrossEncoderTeacher
+from schemas import M3E_HQ_SCHEMA, M3E_HQ_WITH_SCORE_SCHEMA, row_id
+
+COMMON = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)]
+# No margin: a random model's cosines say nothing about which text is the positive.
+SMALL = NegativeParams(num_negatives=3, range_min=0, range_max=20, relative_margin=None)
+
+
+def write_filtered(folder, catalog, source: str, pairs: list[tuple[str, str]]):
+    rows = [{"id": row_id(source, "train", str(i), q, p), "text": q, "text_pos": p, "split": "train",
+             **tags(catalog.get(source))} for i, (q, p) in enumerate(pairs)]
+    path = folder / "filter" / f"{source}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=M3E_HQ_SCHEMA), path)
+    return path
+
+
+def random_pairs(n: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    return [("".join(rng.choices(COMMON, k=rng.randint(6, 15))), "".join(rng.choices(COMMON, k=rng.randint(20, 60))))
+            for _ in range(n)]
+
+
+def kept_rows(folder, source: str) -> list[dict]:
+    return pq.read_table(folder / "mine" / f"{source}.parquet").to_pylist()
+
+
+@pytest.fixture
+def two_sources(tmp_path, catalog):
+    pairs = random_pairs(40, seed=1)
+    # A copy of row 0's positive in full-width punctuation and with spaces, as row 1's positive: it must never be
+    # row 0's negative (nor the other way round).
+    pairs[1] = (pairs[1][0], " ".join(pairs[0][1][:10]) + "，" + pairs[0][1][10:])
+    inputs = {"webqa": write_filtered(tmp_path, catalog, "webqa", pairs),
+              "lawzhidao": write_filtered(tmp_path, catalog, "lawzhidao", random_pairs(25, seed=2))}
+    return tmp_path, inputs
+
+
+def test_every_row_gets_negatives_and_scores_or_a_reason(two_sources, catalog, tiny_encoder):
+    folder, inputs = two_sources
+    params = MineParams(encoder=str(tiny_encoder), negatives=SMALL, false_negative_margin=None)
+    result = mine_sources(inputs, folder, params, catalog, folder / "cache")
+    for counts in result.counts:
+        counts.check()
+        table = pq.read_table(counts.kept_path)
+        assert table.schema.equals(M3E_HQ_WITH_SCORE_SCHEMA, check_metadata=False)
+    rows = kept_rows(folder, "webqa")
+    assert len(rows) == 40
+    same_source = {r["text_pos"] for r in rows}
+    for row in rows:
+        assert len(row["text_neg"]) == len(row["score_neg"]) == 3
+        assert all(neg in same_source for neg in row["text_neg"])  # pool: the source's own positives
+        assert key(row["text_pos"]) not in {key(neg) for neg in row["text_neg"]}
+        assert row["score_scale"] == "cosine[-1,1]" and row["teacher"] == f"bi-encoder:{tiny_encoder}"
+    stats = result.stats
+    assert stats["search_backend"] == ["faiss-cpu"]
+    assert stats["candidates"]["positive"] >= 40  # each query's own positive (and row 0/1's copies) came up
+    assert stats["scores"]["positive"]["count"] == 65 and stats["scores"]["negative"]["count"] == 65 * 3
+
+
+def test_the_positive_aware_margin_holds_for_kept_negatives(tmp_path, catalog, tiny_encoder):
+    # Positives that start with their query: closer to it than the other positives, even for a random model.
+    pairs = [(q, q + p[:10]) for q, p in random_pairs(40, seed=5)]
+    inputs = {"webqa": write_filtered(tmp_path, catalog, "webqa", pairs)}
+    margin = SMALL.model_copy(update={"relative_margin": 0.01})
+    result = mine_sources(inputs, tmp_path, MineParams(encoder=str(tiny_encoder), negatives=margin,
+                                                       false_negative_margin=None), catalog)
+    rows = kept_rows(tmp_path, "webqa")
+    assert rows and all(s <= r["score_pos"] * 0.99 + 1e-6 for r in rows for s in r["score_neg"])
+    assert result.counts[0].kept + result.counts[0].dropped.get(NO_NEGATIVES, 0) == 40
+    assert result.stats["candidates"]["margin"] > 0
+
+
+def test_scores_are_the_encoder_cosines(two_sources, catalog, tiny_encoder):
+    folder, inputs = two_sources
+    mine_sources({"lawzhidao": inputs["lawzhidao"]}, folder, MineParams(encoder=str(tiny_encoder), negatives=SMALL),
+                 catalog)
+    model = load_encoder(str(tiny_encoder), "cpu")
+    for row in kept_rows(folder, "lawzhidao")[:5]:
+        vectors = encode(model, [row["text"], row["text_pos"], *row["text_neg"]]).vectors
+        assert row["score_pos"] == pytest.approx(float(vectors[0] @ vectors[1]), abs=1e-3)
+        assert row["score_neg"] == pytest.approx((vectors[2:] @ vectors[0]).tolist(), abs=1e-3)
+
+
+def test_same_seed_same_output_and_the_embedding_cache(two_sources, catalog, tiny_encoder, tmp_path_factory):
+    folder, inputs = two_sources
+    params = MineParams(encoder=str(tiny_encoder), false_negative_margin=None,
+                        negatives=SMALL.model_copy(update={"sampling": "random", "seed": 7}))
+    first = mine_sources(inputs, folder, params, catalog, folder / "cache")
+    runs = [kept_rows(folder, "webqa")]
+    again = mine_sources(inputs, tmp_path_factory.mktemp("again"), params, catalog, folder / "cache")
+    runs.append(pq.read_table(next(c for c in again.counts if c.source == "webqa").kept_path).to_pylist())
+    assert runs[0] == runs[1]
+    assert first.stats["encode"]["queries_cached"] == 0
+    assert again.stats["encode"]["queries_cached"] == again.stats["encode"]["queries"] == 65
+    other_seed = params.model_copy(update={"negatives": params.negatives.model_copy(update={"seed": 8})})
+    mine_sources(inputs, folder, other_seed, catalog, folder / "cache")
+    assert kept_rows(folder, "webqa") != runs[0]
+
+
+def test_shortfall_is_reported_and_rows_without_enough_negatives_are_dropped(tmp_path, catalog, tiny_encoder):
+    inputs = {"webqa": write_filtered(tmp_path, catalog, "webqa", random_pairs(4, seed=3))}
+    short = mine_sources(inputs, tmp_path, MineParams(encoder=str(tiny_encoder), negatives=SMALL,
+                                                      false_negative_margin=None), catalog)
+    assert short.counts[0].kept == 4 and short.stats["rows_short"] == 0  # 3 other positives: exactly 3 negatives
+    fewer = SMALL.model_copy(update={"num_negatives": 5})
+    result = mine_sources(inputs, tmp_path, MineParams(encoder=str(tiny_encoder), negatives=fewer, min_negatives=4,
+                                                       false_negative_margin=None), catalog)
+    assert result.counts[0].dropped == {NO_NEGATIVES: 4}
+    dropped = pq.read_table(result.counts[0].dropped_path).to_pylist()
+    assert dropped[0]["detail"] == "3 negatives left of the 5 asked (pool of 4 texts)"
+    assert json.loads(dropped[0]["raw"])["id"] == dropped[0]["id"]
+
+
+def test_cross_encoder_teacher_and_pair_consistency(two_sources, catalog, tiny_encoder, tiny_cross_encoder):
+    folder, inputs = two_sources
+    params = MineParams(encoder=str(tiny_encoder), teacher=str(tiny_cross_encoder), negatives=SMALL,
+                        false_negative_margin=None)
+    mine_sources(inputs, folder, params, catalog)
+    rows = kept_rows(folder, "webqa")
+    assert {r["score_scale"] for r in rows} == {"sigmoid[0,1]"}
+    scores = np.array([r["score_pos"] for r in rows])
+    assert ((scores > 0) & (scores < 1)).all()
+    threshold = float(np.median(scores))
+    consistent = params.model_copy(update={"min_pair_score": threshold})
+    result = mine_sources(inputs, folder, consistent, catalog)
+    webqa = next(c for c in result.counts if c.source == "webqa")
+    assert webqa.dropped == {"low_pair_score": int((scores < threshold).sum())}
+
+
+def test_teacher_batches_that_run_out_of_memory_are_split(tiny_cross_encoder, monkeypatch):
+    teacher = CrossEncoderTeacher(str(tiny_cross_encoder), "cpu", batch_size=8)
+    pairs = [(q, p) for q, p in random_pairs(20, seed=4)]
+    want = teacher.score(pairs)
+    predict = teacher.model.predict
+
+    def small_batches_only(batch, **kwargs):
+        if len(batch) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return predict(batch, **kwargs)
+
+    monkeypatch.setattr(teacher.model, "predict", small_batches_only)
+    assert np.allclose(teacher.score(pairs), want, atol=1e-5)
+    assert teacher.oom_splits > 0
+
+
+def test_gpu_paths_without_a_gpu_fail_with_what_to_do(two_sources, catalog, tiny_encoder):
+    folder, inputs = two_sources
+    with pytest.raises(RuntimeError, match="sees no CUDA device"):
+        mine_sources(inputs, folder, MineParams(encoder=str(tiny_encoder), device="cuda"), catalog)
+    with pytest.raises(RuntimeError, match="torch-cuda"):
+        mine_sources(inputs, folder, MineParams(encoder=str(tiny_encoder), search="torch-cuda"), catalog)

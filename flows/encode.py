@@ -6,10 +6,11 @@ to [UNK], so it is a demo default only; real builds name a Chinese model (e.g. m
 """
 
 import hashlib
+import itertools
 import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,9 +117,11 @@ class Encoded:
 
 
 def encode(model: SentenceTransformer, texts: Sequence[str], prompt: str = "", batch_size: int = 64,
-           cache_dir: Path | None = None, model_name: str = "", show_progress: bool = False) -> Encoded:
-    """L2-normalised embeddings of `texts`: each distinct text encoded once (in length-sorted batches, which
-    sentence-transformers does), and read from / written to the cache under `cache_dir` when one is given.
+           cache_dir: Path | None = None, model_name: str = "",
+           on_progress: Callable[[int], None] | None = None) -> Encoded:
+    """L2-normalised embeddings of `texts`: each distinct text encoded once (`embed`: length-sorted batches of
+    about `batch_size` longest texts' worth of tokens), and read from / written to the cache under `cache_dir` when
+    one is given.
 
     Vectors are rounded to float16, as the cache stores them, so that a build from the cache is identical to the
     build that filled it."""
@@ -134,8 +137,7 @@ def encode(model: SentenceTransformer, texts: Sequence[str], prompt: str = "", b
         found, vectors = cache.lookup(keys)
     todo = np.flatnonzero(~found)
     if len(todo):
-        fresh = model.encode([distinct[i] for i in todo], prompt=prompt or None, batch_size=batch_size,
-                             normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=show_progress)
+        fresh = embed(model, [distinct[i] for i in todo], prompt, token_budget(model, batch_size), on_progress)
         vectors[todo] = fresh.astype(np.float16)  # as cached: a rebuild from the cache gives the same vectors
         if cache is not None and keys is not None:
             cache.store(keys[todo], vectors[todo])
@@ -143,6 +145,79 @@ def encode(model: SentenceTransformer, texts: Sequence[str], prompt: str = "", b
     index = np.array([position[t] for t in texts], dtype=np.int64)
     out = vectors[index] if len(texts) else np.zeros((0, dim), dtype=np.float32)
     return Encoded(_normalised(out), len(distinct), len(todo), int(found.sum()))
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Tokenised texts in flat arrays (one per feature: input ids, token types, attention mask), padded batch by
+    batch with numpy rather than the tokenizer's per-row Python padding."""
+
+    flat: dict[str, np.ndarray]  # feature -> all texts' values, concatenated
+    offsets: np.ndarray  # (n,) where each text starts in the flat arrays
+    lengths: np.ndarray  # (n,) tokens per text
+    pad_id: int
+
+    @classmethod
+    def of(cls, encoded: Mapping[str, list[list[int]]], pad_id: int) -> "Tokens":
+        lengths = np.fromiter(map(len, encoded["input_ids"]), dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        flat = {key: np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+                for key, rows in encoded.items() if key in ("input_ids", "token_type_ids", "attention_mask")}
+        return cls(flat, offsets, lengths, pad_id)
+
+    def batch(self, rows: np.ndarray, width: int) -> dict[str, torch.Tensor]:
+        """The features of `rows`, right-padded to `width` tokens (pinned in memory when a GPU is there)."""
+        columns = np.arange(width)
+        valid = columns < self.lengths[rows, None]
+        where = np.minimum(self.offsets[rows, None] + columns, len(self.flat["input_ids"]) - 1)
+        out = {}
+        for key, values in self.flat.items():
+            padded = torch.from_numpy(np.where(valid, values[where], self.pad_id if key == "input_ids" else 0))
+            out[key] = padded.pin_memory() if torch.cuda.is_available() else padded
+        return out
+
+
+def token_budget(model: SentenceTransformer, batch_size: int) -> int:
+    """Tokens per batch: `batch_size` texts of the model's longest sequence."""
+    return batch_size * (model.max_seq_length or 512)
+
+
+@torch.inference_mode()
+def embed(model: SentenceTransformer, texts: Sequence[str], prompt: str = "", max_tokens: int = 32_768,
+          on_progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """L2-normalised sentence embeddings of `texts`, as `model.encode` computes them, faster on a GPU:
+
+    - every text is tokenised in one call of the fast tokenizer (parallel, in Rust), not batch by batch;
+    - texts are sorted by length and cut into batches of at most `max_tokens` tokens (padding included), so short
+      texts go in big batches and long ones in small ones;
+    - embeddings stay on the device until the end: one copy to the host instead of one per batch.
+
+    Models whose pooling leaves the prompt out (`include_prompt=False`) go through `model.encode`.
+    """
+    if not texts:
+        return np.zeros((0, model.get_embedding_dimension() or 0), dtype=np.float32)
+    if any(getattr(module, "include_prompt", True) is False for module in model):
+        return model.encode(list(texts), prompt=prompt or None, normalize_embeddings=True, convert_to_numpy=True)
+    tokenizer = model.tokenizer
+    encoded = tokenizer([prompt + t for t in texts], truncation=True, max_length=model.max_seq_length)
+    tokens = Tokens.of(encoded, tokenizer.pad_token_id or 0)
+    order = np.argsort(-tokens.lengths, kind="stable")
+    device = model.device
+    out: torch.Tensor | None = None
+    start = 0
+    while start < len(order):
+        width = int(tokens.lengths[order[start]])
+        batch = order[start:start + max(1, max_tokens // width)]
+        features = {key: value.to(device, non_blocking=True) for key, value in tokens.batch(batch, width).items()}
+        vectors = torch.nn.functional.normalize(model(features)["sentence_embedding"].float(), dim=1)
+        if out is None:
+            out = torch.empty((len(texts), vectors.shape[1]), dtype=torch.float32, device=device)
+        out[torch.as_tensor(batch, device=device)] = vectors
+        start += len(batch)
+        if on_progress:
+            on_progress(len(batch))
+    assert out is not None
+    return out.cpu().numpy()
 
 
 def _normalised(vectors: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ Dropped rows (reason codes): `low_pair_score` (the teacher scores the pair below
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows import progress
 from flows.accounting import StageCounts, StageWriter, dropped_rows
 from flows.encode import DEFAULT_ENCODER, encode, load_encoder
 from flows.filters import LOW_PAIR_SCORE
@@ -104,13 +106,15 @@ def mine_sources(inputs: dict[str, Path], out_dir: Path, params: MineParams, cat
 
     start = time.perf_counter()
     model = load_encoder(params.encoder, params.device)
-    embedded_queries = encode(model, queries, params.query_prompt, params.batch_size, cache_dir, params.encoder)
+    embedded_queries = encode(model, queries, params.query_prompt, params.batch_size, cache_dir, params.encoder,
+                              progress.counter("encode queries", "texts"))
     stats["encode"] = {"queries": embedded_queries.distinct, "queries_cached": embedded_queries.cached}
     groups = [np.flatnonzero(sources == n) for n in names] if params.pool == "source" else [np.arange(len(queries))]
     pools, totals, backends = [], {}, set()
+    passage_progress = progress.counter("encode passages", "texts")
     for rows in groups:
         pool, batch_totals, backend = _mine_pool(rows, queries, positives, ids, embedded_queries.vectors, model,
-                                                 params, cache_dir, stats["encode"])
+                                                 params, cache_dir, stats["encode"], passage_progress)
         pools.append(pool)
         backends.add(backend)
         for name, value in batch_totals.items():
@@ -134,13 +138,14 @@ def mine_sources(inputs: dict[str, Path], out_dir: Path, params: MineParams, cat
 
 
 def _mine_pool(rows: np.ndarray, queries: list[str], positives: list[str], ids: list[str], query_vectors: np.ndarray,
-               model: Any, params: MineParams, cache_dir: Path | None,
-               encode_stats: dict[str, int]) -> tuple[_Pool, dict[str, int], str]:
+               model: Any, params: MineParams, cache_dir: Path | None, encode_stats: dict[str, int],
+               on_progress: Callable[[int], None] | None) -> tuple[_Pool, dict[str, int], str]:
     """Search and select the negatives of one pool's rows."""
     texts = list(dict.fromkeys(positives[i] for i in rows))
     position = {t: i for i, t in enumerate(texts)}
     pos_idx = np.array([position[positives[i]] for i in rows], dtype=np.int64)
-    passages = encode(model, texts, params.passage_prompt, params.batch_size, cache_dir, params.encoder)
+    passages = encode(model, texts, params.passage_prompt, params.batch_size, cache_dir, params.encoder,
+                      on_progress)
     encode_stats["passages"] = encode_stats.get("passages", 0) + passages.distinct
     encode_stats["passages_cached"] = encode_stats.get("passages_cached", 0) + passages.cached
     q_vectors = query_vectors[rows]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from sentence_transformers import CrossEncoder
 
-from flows.encode import model_location, resolve_device
+from flows.encode import Tokens, model_location, resolve_device
 
 BI_ENCODER = "bi-encoder"
 COSINE_SCALE = "cosine[-1,1]"
@@ -41,23 +41,36 @@ class CrossEncoderTeacher:
         self.oom_splits = 0
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        """Sigmoid scores of the pairs, in their order."""
-        order = np.argsort([len(q) + len(p) for q, p in pairs], kind="stable")
-        out = np.zeros(len(pairs), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            out[rows] = self._predict([pairs[i] for i in rows])
-        return out
+        """Sigmoid scores of the pairs, in their order: all pairs tokenised in one call, then length-sorted batches
+        of about `batch_size` longest pairs' worth of tokens, scores kept on the device until the end."""
+        if not pairs:
+            return np.zeros(0, dtype=np.float32)
+        model = self.model
+        encoded = model.tokenizer([q for q, _ in pairs], [p for _, p in pairs], truncation=True,
+                                  max_length=model.max_seq_length)
+        tokens = Tokens.of(encoded, model.tokenizer.pad_token_id or 0)
+        order = np.argsort(-tokens.lengths, kind="stable")
+        max_tokens = self.batch_size * int(tokens.lengths.max())
+        out = torch.empty(len(pairs), dtype=torch.float32, device=model.device)
+        start = 0
+        while start < len(order):
+            width = int(tokens.lengths[order[start]])
+            batch = order[start:start + max(1, max_tokens // width)]
+            out[torch.as_tensor(batch, device=model.device)] = self._logits(tokens, batch, width)
+            start += len(batch)
+        return torch.sigmoid(out).cpu().numpy()
 
-    def _predict(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+    @torch.inference_mode()
+    def _logits(self, tokens: Tokens, batch: np.ndarray, width: int) -> torch.Tensor:
+        """The logits of one batch; a batch that runs out of GPU memory is split in two and retried."""
         try:
-            return np.asarray(self.model.predict(pairs, batch_size=len(pairs), activation_fn=torch.nn.Sigmoid(),
-                                                 convert_to_numpy=True, show_progress_bar=False), dtype=np.float32)
+            features = {k: v.to(self.model.device, non_blocking=True) for k, v in tokens.batch(batch, width).items()}
+            return self.model(features)["scores"].float().reshape(-1)
         except torch.OutOfMemoryError:
-            if len(pairs) == 1:
+            if len(batch) == 1:
                 raise
             torch.cuda.empty_cache()
             self.oom_splits += 1
-            log.warning("teacher batch of %d pairs ran out of GPU memory: splitting it in two", len(pairs))
-            half = len(pairs) // 2
-            return np.concatenate([self._predict(pairs[:half]), self._predict(pairs[half:])])
+            log.warning("teacher batch of %d pairs ran out of GPU memory: splitting it in two", len(batch))
+            half = len(batch) // 2
+            return torch.cat([self._logits(tokens, batch[:half], width), self._logits(tokens, batch[half:], width)])

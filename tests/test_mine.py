@@ -145,18 +145,19 @@ def test_cross_encoder_teacher_and_pair_consistency(two_sources, catalog, tiny_e
     assert webqa.dropped == {"low_pair_score": int((scores < threshold).sum())}
 
 
-def test_teacher_batches_that_run_out_of_memory_are_split(tiny_cross_encoder, monkeypatch):
+def test_teacher_scores_equal_cross_encoder_predict_and_oom_batches_are_split(tiny_cross_encoder, monkeypatch):
     teacher = CrossEncoderTeacher(str(tiny_cross_encoder), "cpu", batch_size=8)
-    pairs = [(q, p) for q, p in random_pairs(20, seed=4)]
-    want = teacher.score(pairs)
-    predict = teacher.model.predict
+    pairs = [(q, p) for q, p in random_pairs(20, seed=4)] + [("好", "a" * 700)]
+    want = teacher.model.predict(pairs, activation_fn=torch.nn.Sigmoid(), convert_to_numpy=True)
+    assert np.allclose(teacher.score(pairs), want, atol=1e-5)
+    forward = teacher.model.forward
 
-    def small_batches_only(batch, **kwargs):
-        if len(batch) > 2:
+    def small_batches_only(features, *args, **kwargs):
+        if len(features["input_ids"]) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return predict(batch, **kwargs)
+        return forward(features, *args, **kwargs)
 
-    monkeypatch.setattr(teacher.model, "predict", small_batches_only)
+    monkeypatch.setattr(teacher.model, "forward", small_batches_only)
     assert np.allclose(teacher.score(pairs), want, atol=1e-5)
     assert teacher.oom_splits > 0
 
@@ -167,3 +168,16 @@ def test_gpu_paths_without_a_gpu_fail_with_what_to_do(two_sources, catalog, tiny
         mine_sources(inputs, folder, MineParams(encoder=str(tiny_encoder), device="cuda"), catalog)
     with pytest.raises(RuntimeError, match="torch-cuda"):
         mine_sources(inputs, folder, MineParams(encoder=str(tiny_encoder), search="torch-cuda"), catalog)
+
+
+@pytest.mark.parametrize("prompt", ["", "查询："])
+def test_fast_encoding_equals_sentence_transformers_encode(tiny_encoder, prompt):
+    from flows.encode import embed
+
+    model = load_encoder(str(tiny_encoder), "cpu")
+    texts = [q + p for q, p in random_pairs(50, seed=6)] + ["好", "", "a" * 600]
+    want = model.encode(texts, prompt=prompt or None, normalize_embeddings=True, convert_to_numpy=True)
+    seen = []
+    got = embed(model, texts, prompt, max_tokens=300, on_progress=seen.append)  # many small batches
+    assert np.allclose(got, want, atol=1e-5)
+    assert sum(seen) == len(texts) and len(seen) > 5

@@ -180,10 +180,16 @@ def test_readme_source_tables_are_generated_from_the_catalog(catalog):
 
 
 def test_readme_documents_every_stage_setting_and_reason():
-    from flows import dedup, filters
+    from flows import dedup, filters, mine, negatives
 
     readme = README.read_text(encoding="utf-8")
-    names = [*filters.FilterParams.model_fields, *filters.REASONS, *dedup.REASONS]
+    names = [*filters.FilterParams.model_fields, *filters.REASONS, *dedup.REASONS, *mine.REASONS,
+             *(f for f in mine.MineParams.model_fields if f != "negatives")]
     assert [name for name in names if f"`{name}`" not in readme] == []
-    cli_options = ["--dedup-on", "--near-threshold", "--no-near", "--keep-eval-splits", "--decontaminate", "--filters"]
+    nested = [f for f in negatives.NegativeParams.model_fields if f"`{f}`" not in readme
+              and f"`negatives.{f}`" not in readme]
+    assert nested == []
+    cli_options = ["--dedup-on", "--near-threshold", "--no-near", "--keep-eval-splits", "--decontaminate", "--filters",
+                   "--encoder", "--teacher", "--device", "--search", "--num-negatives", "--seed", "--min-pair-score",
+                   "--mine"]
     assert [option for option in cli_options if f"`{option}" not in readme] == []

@@ -137,6 +137,19 @@ class Source(Strict):
         return self.task_types[0]
 
     @property
+    def license_stated(self) -> bool:
+        """Whether the source states a licence for its data (catalog entries say "none stated" when it does not)."""
+        return not self.license.startswith("none stated")
+
+    def commercial_use(self, include_unknown_license: bool = False) -> bool:
+        """Whether the source's rows may go into a commercial export: the M3E table says yes and the source states
+        a licence. With include_unknown_license, also sources whose commercial use or licence is unstated; never a
+        source marked no."""
+        if self.commercial is Permission.NO:
+            return False
+        return include_unknown_license or (self.commercial is Permission.YES and self.license_stated)
+
+    @property
     def available(self) -> bool:
         return not (isinstance(self.obtain, ManualObtain) and self.obtain.unavailable)
 

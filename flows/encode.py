@@ -137,7 +137,7 @@ def encode(model: SentenceTransformer, texts: Sequence[str], prompt: str = "", b
         found, vectors = cache.lookup(keys)
     todo = np.flatnonzero(~found)
     if len(todo):
-        fresh = embed(model, [distinct[i] for i in todo], prompt, token_budget(model, batch_size), on_progress)
+        fresh = embed(model, [distinct[i] for i in todo], prompt, *batch_limits(model, batch_size), on_progress)
         vectors[todo] = fresh.astype(np.float16)  # as cached: a rebuild from the cache gives the same vectors
         if cache is not None and keys is not None:
             cache.store(keys[todo], vectors[todo])
@@ -177,19 +177,22 @@ class Tokens:
         return out
 
 
-def token_budget(model: SentenceTransformer, batch_size: int) -> int:
-    """Tokens per batch: `batch_size` texts of the model's longest sequence."""
-    return batch_size * (model.max_seq_length or 512)
+def batch_limits(model: SentenceTransformer, batch_size: int) -> tuple[int, int | None]:
+    """(tokens, texts) per batch. On a GPU: `batch_size` texts of the model's longest sequence worth of tokens, and
+    as many texts as fit, so short texts go in big batches. On a CPU, where big batches only cost cache misses: at
+    most `batch_size` texts."""
+    tokens = batch_size * (model.max_seq_length or 512)
+    return tokens, None if model.device.type == "cuda" else batch_size
 
 
 @torch.inference_mode()
 def embed(model: SentenceTransformer, texts: Sequence[str], prompt: str = "", max_tokens: int = 32_768,
-          on_progress: Callable[[int], None] | None = None) -> np.ndarray:
+          max_texts: int | None = None, on_progress: Callable[[int], None] | None = None) -> np.ndarray:
     """L2-normalised sentence embeddings of `texts`, as `model.encode` computes them, faster on a GPU:
 
     - every text is tokenised in one call of the fast tokenizer (parallel, in Rust), not batch by batch;
-    - texts are sorted by length and cut into batches of at most `max_tokens` tokens (padding included), so short
-      texts go in big batches and long ones in small ones;
+    - texts are sorted by length and cut into batches of at most `max_tokens` tokens (padding included) and
+      `max_texts` texts, so short texts go in big batches and long ones in small ones;
     - embeddings stay on the device until the end: one copy to the host instead of one per batch.
 
     Models whose pooling leaves the prompt out (`include_prompt=False`) go through `model.encode`.
@@ -207,7 +210,8 @@ def embed(model: SentenceTransformer, texts: Sequence[str], prompt: str = "", ma
     start = 0
     while start < len(order):
         width = int(tokens.lengths[order[start]])
-        batch = order[start:start + max(1, max_tokens // width)]
+        rows = max(1, max_tokens // width)
+        batch = order[start:start + (rows if max_texts is None else min(rows, max_texts))]
         features = {key: value.to(device, non_blocking=True) for key, value in tokens.batch(batch, width).items()}
         vectors = torch.nn.functional.normalize(model(features)["sentence_embedding"].float(), dim=1)
         if out is None:

@@ -66,6 +66,12 @@ ManualOption = Annotated[Path | None, typer.Option(help=f"folder of hand-downloa
                                                       f"(default ${cache.MANUAL_ENV} or data/manual)")]
 SourcesOption = Annotated[list[str] | None, typer.Option("--sources", "-s", help="a source to use (repeatable, or "
                                                          "comma-separated); default all")]
+CommercialOption = Annotated[bool, typer.Option("--commercial-only", help="publish only rows of sources that allow "
+                                                "commercial use (the M3E table says yes and a licence is stated)")]
+UnknownLicenseOption = Annotated[bool, typer.Option("--include-unknown-license", help="with --commercial-only, also "
+                                                    "include sources whose commercial use or licence is unstated")]
+PushOption = Annotated[str | None, typer.Option("--push-to-hub", help="ORG/NAME: upload m3e-hq there and "
+                                                "m3e-hq-with-score to ORG/NAME-with-score (token from HF_TOKEN)")]
 RequireAllOption = Annotated[bool, typer.Option("--require-all", help="fail when a selected source cannot be "
                                                 "obtained (sources the catalog marks unavailable excepted)")]
 
@@ -226,6 +232,9 @@ def build(
     min_pair_score: Annotated[float | None, typer.Option(help="drop pairs the teacher scores below this")] = None,
     mine: Annotated[Path | None, typer.Option("--mine", help="YAML or JSON file of mine-stage settings (MineParams "
                                               "fields; the options above win)")] = None,
+    commercial_only: CommercialOption = False,
+    include_unknown_license: UnknownLicenseOption = False,
+    push_to_hub: PushOption = None,
 ) -> None:
     """Run the build-m3e-hq flow: obtain (download) and ingest every selected source, dedup them, filter the pairs,
     mine hard negatives and teacher scores, print per-source and per-stage counts, write the manifest. Without --samples or --raw-dir the sources are
@@ -236,6 +245,7 @@ def build(
     from flows.mine import MineParams
     from flows.negatives import NegativeParams
     from flows.params import BuildParams
+    from flows.publish import PublishParams
 
     try:
         dedup = DedupParams(on=dedup_on, near=near, minhash=MinHashParams(threshold=near_threshold),
@@ -249,7 +259,10 @@ def build(
                              max_chars=max_chars, cache_dir=cache_dir, manual_dir=manual_dir,
                              require_all=require_all, dedup=dedup,
                              filters=FilterParams(**read_mapping(filters)) if filters else FilterParams(),
-                             mine=MineParams(**mine_settings, negatives=NegativeParams(**negative_settings)))
+                             mine=MineParams(**mine_settings, negatives=NegativeParams(**negative_settings)),
+                             publish=PublishParams(commercial_only=commercial_only,
+                                                   include_unknown_license=include_unknown_license),
+                             push_to_hub=push_to_hub)
     except ValidationError as exc:
         fail_on_invalid(exc)
     except ValueError as exc:
@@ -267,7 +280,8 @@ def build(
                 samples=params.samples, raw_dir=str(params.raw_dir) if params.raw_dir else None,
                 sources=params.sources, out_dir=str(params.build_dir), max_chars=params.max_chars,
                 cache_dir=str(params.cache_root), manual_dir=str(params.manual_root), require_all=require_all,
-                dedup=params.dedup, filters=params.filters, mine=params.mine)
+                dedup=params.dedup, filters=params.filters, mine=params.mine, publish_settings=params.publish,
+                push_to_hub=params.push_to_hub)
     except MissingSourcesError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -275,6 +289,7 @@ def build(
     console.print(summary_table(results, summary["stages"]))
     console.print(stage_table(summary["stages"]))
     console.print(f"Manifest: {summary['manifest']}")
+    print_published(summary["published"])
     for r in results:
         if r.status != "ok":
             console.print(f"[yellow]{r.source}: {r.status}[/yellow] — {r.message}")
@@ -325,3 +340,62 @@ def stage_table(stages: dict) -> Table:
         reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(totals["dropped"].items(), key=lambda kv: -kv[1]))
         table.add_row(stage, f"{totals['read']:,}", f"{totals['kept']:,}", f"{dropped:,}", reasons)
     return table
+
+
+@app.command()
+def serve(
+    limit: Annotated[int, typer.Option(min=1, help="flow runs at a time")] = 1,
+) -> None:
+    """Serve the build-m3e-hq flow as the Prefect deployment build-m3e-hq/build-m3e-hq until interrupted; needs a
+    Prefect server (`prefect server start`) and PREFECT_API_URL set (http://127.0.0.1:4200/api)."""
+    from flows.deploy import RUN_COMMAND, ServeError, check_api
+    from flows.deploy import serve as serve_deployment
+
+    try:
+        url = check_api()
+    except ServeError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"Serving build-m3e-hq through {url}, {limit} run(s) at a time. Trigger a run with:\n"
+                  f"  {RUN_COMMAND} -p samples=true", soft_wrap=True)
+    serve_deployment(limit)
+
+
+def print_published(published: dict) -> None:
+    """Where the datasets are, how to load them, and where they were uploaded."""
+    if "skipped" in published:
+        console.print(f"[yellow]not published:[/yellow] {published['skipped']}")
+    for name, folder in published["folders"].items():
+        console.print(f"{name}: {folder}  (datasets.load_dataset({str(folder)!r}))", soft_wrap=True)
+    for repo, url in published.get("hub", {}).items():
+        console.print(f"uploaded {repo}: {url}", soft_wrap=True)
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option(help="folder for the exported m3e-hq/ and m3e-hq-with-score/")],
+    build: Annotated[Path, typer.Option(help="a finished build folder")] = Path("data/build/full"),
+    commercial_only: CommercialOption = False,
+    include_unknown_license: UnknownLicenseOption = False,
+    push_to_hub: PushOption = None,
+) -> None:
+    """Publish both datasets again from a finished build, e.g. the commercial-only subset, into OUT."""
+    from flows.build import push_both
+    from flows.publish import PublishParams, publish
+    from flows.push import PushError
+
+    if not (build / "manifest.json").is_file():
+        console.print(f"[red]error:[/red] {build} holds no finished build (no manifest.json): run `m3e-hq build` "
+                      "first, or pass --build DIR")
+        raise typer.Exit(2)
+    params = PublishParams(commercial_only=commercial_only, include_unknown_license=include_unknown_license)
+    try:
+        result = publish(build, out, params, default_catalog())
+        hub = push_both(result, push_to_hub) if push_to_hub else {}
+    except (ValueError, PushError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    for source, why in result.excluded.items():
+        console.print(f"left out {source}: {why}", soft_wrap=True)
+    print_published({"folders": {"m3e-hq": result.m3e_hq.folder, "m3e-hq-with-score": result.with_score.folder},
+                     "hub": hub})

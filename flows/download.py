@@ -3,9 +3,18 @@
 Each source is obtained on its own (downloaded into the cache, found in the cache or the manual folder, or read
 from the samples / a local folder); one that cannot be had is reported with what to do and does not stop the others,
 unless `require_all` asks for every source (sources the catalog marks unavailable excepted).
+
+Inside a flow, a download that failed for a passing reason (the downloader's own quick retries ran out on HTTP 408,
+429 or 5xx answers or network errors) is retried by Prefect after 10, 30 and 90 seconds; a failure that retrying
+cannot fix (HTTP 404, a checksum mismatch, a missing manual source) is reported at once.
 """
 
-from prefect import flow, task, unmapped
+import re
+
+from prefect import Task, flow, task, unmapped
+from prefect.client.schemas.objects import TaskRun
+from prefect.context import TaskRunContext
+from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.params import BuildParams
@@ -13,10 +22,21 @@ from sources.catalog import default_catalog
 from sources.fetch import Obtained, fetch_source
 
 DOWNLOAD_FLOW_NAME = "download-m3e-hq-sources"
+RETRY_DELAYS = [10, 30, 90]
+# What the downloaders say when their own retries of a passing failure ran out (sources/download_http.py,
+# sources/download_hub.py): fetch_source reports every failure as a message, so the message is all there is to go by.
+TRANSIENT = re.compile(r"failed after \d+ attempts"
+                       r"|[Ee]rror '(408|429|5\d\d) "
+                       r"|^HubError: \S+: (ConnectError|ConnectTimeout|ReadError|ReadTimeout|WriteError|WriteTimeout"
+                       r"|PoolTimeout|RemoteProtocolError): ")
 
 
 class MissingSourcesError(RuntimeError):
     """`require_all` was asked for and some selected sources could not be obtained."""
+
+
+class TransientFetchError(RuntimeError):
+    """A download failed for a reason that may pass: raised inside the obtain task so that Prefect retries it."""
 
 
 def obtain_one(source_name: str, params: BuildParams) -> Obtained:
@@ -42,7 +62,28 @@ def obtain_sources(params: BuildParams) -> list[Obtained]:
     return checked(params, [obtain_one(s.name, params) for s in default_catalog().select(params.sources)])
 
 
-obtain_task = task(obtain_one, name="obtain", task_run_name="obtain-{source_name}")
+def transient(obtained: Obtained) -> bool:
+    """Whether the source failed to download for a reason that may pass (server error, rate limit, network)."""
+    return obtained.status == "failed" and TRANSIENT.search(obtained.message or "") is not None
+
+
+def obtain_retrying(source_name: str, params: BuildParams) -> Obtained:
+    """`obtain_one` for the obtain task: a transient download failure raises, so that Prefect retries it, until the
+    last attempt, which reports it as failed like any other failure."""
+    obtained = obtain_one(source_name, params)
+    context = TaskRunContext.get()
+    if context is not None and transient(obtained) and context.task_run.run_count <= context.task.retries:
+        raise TransientFetchError(f"{source_name}: {obtained.message}")
+    return obtained
+
+
+def retry_transient(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Prefect retries only transient download failures: any other error would fail the same way again."""
+    return isinstance(state.result(raise_on_failure=False), TransientFetchError)
+
+
+obtain_task = task(obtain_retrying, name="obtain", task_run_name="obtain-{source_name}", retries=len(RETRY_DELAYS),
+                   retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
 
 
 def obtain_mapped(params: BuildParams) -> list[Obtained]:

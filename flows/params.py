@@ -9,6 +9,7 @@ from flows.clean import DEFAULT_MAX_CHARS
 from flows.dedup import DedupParams
 from flows.filters import FilterParams
 from flows.mine import MineParams
+from flows.publish import PublishParams
 from sources import cache
 from sources.catalog import default_catalog
 from sources.layout import SAMPLES_DIR
@@ -35,6 +36,10 @@ class BuildParams(BaseModel):
     filters: FilterParams = Field(default_factory=FilterParams, description="the filter stage's thresholds")
     mine: MineParams = Field(default_factory=MineParams, description="the mine stage: models, search, negatives, "
                              "teacher scores")
+    publish: PublishParams = Field(default_factory=PublishParams, description="the published datasets: shards, "
+                                   "plots, commercial-only")
+    push_to_hub: str | None = Field(None, pattern=r"^[^/\s]+/[^/\s]+$", description="ORG/NAME: upload m3e-hq to "
+                                    "ORG/NAME and m3e-hq-with-score to ORG/NAME-with-score (token from HF_TOKEN)")
 
     @field_validator("sources")
     @classmethod

@@ -193,3 +193,14 @@ def test_readme_documents_every_stage_setting_and_reason():
                    "--encoder", "--teacher", "--device", "--search", "--num-negatives", "--seed", "--min-pair-score",
                    "--mine"]
     assert [option for option in cli_options if f"`{option}" not in readme] == []
+
+
+def test_flow_commercial_only_publishes_commercial_sources_only(prefect_server, tmp_path, tiny_encoder):
+    sources = ["dureader_robust", "csl", "lawzhidao", "lcqmc"]
+    summary = build_m3e_hq(samples=True, sources=sources, out_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"),
+                           mine=MineParams(encoder=str(tiny_encoder)), commercial_only=True)
+    for folder in summary["published"]["folders"].values():
+        published = {p.name for p in (Path(folder) / "data").iterdir()} - {"triplets", "scored-pairs"}
+        assert published == {"dureader_robust", "csl"}  # lawzhidao states no licence, lcqmc is not commercial
+    manifest = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["params"]["publish"]["commercial_only"] is True

@@ -67,3 +67,24 @@ def test_a_refused_upload_says_why_without_the_token(hub, tmp_path):
     with pytest.raises(PushError) as failure:
         push_to_hub(finished(tmp_path / "m3e-hq"), "org/m3e-hq")
     assert "rights to write" in str(failure.value) and TOKEN not in str(failure.value)
+
+
+def test_cli_export_commercial_only_and_push(hub, samples_build, catalog, tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    out = tmp_path / "export"
+    result = CliRunner().invoke(app, ["export", "--build", samples_build["build_dir"], "--out", str(out),
+                                      "--commercial-only", "--push-to-hub", "org/m3e-hq-commercial"])
+    assert result.exit_code == 0, result.output
+    assert "left out lawzhidao: commercial use: yes, licence: none stated" in result.output
+    for name, repo in (("m3e-hq", "org/m3e-hq-commercial"), ("m3e-hq-with-score", "org/m3e-hq-commercial-with-score")):
+        folder = out / name
+        assert verify(folder) > 3 and "commercial-only export" in (folder / "README.md").read_text(encoding="utf-8")
+        sources = {p.name for p in (folder / "data").iterdir()} - {"triplets", "scored-pairs"}
+        assert sources and all(catalog.get(s).commercial_use() for s in sources)
+        pulled = tmp_path / "pulled" / name
+        snapshot_download(repo, repo_type="dataset", local_dir=pulled, endpoint=hub.url)
+        assert (pulled / CHECKSUMS).read_bytes() == (folder / CHECKSUMS).read_bytes()
+        assert f"uploaded {repo}:" in result.output

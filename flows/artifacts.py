@@ -1,0 +1,67 @@
+"""The build's counts as Prefect artifacts, on the flow run's Artifacts tab and under their keys
+(`prefect artifact ls`, `prefect artifact inspect m3e-hq-samples-filter`).
+
+Per stage, a table of rows read, kept and dropped (in all and by reason) per source; and a Markdown summary: the
+totals per stage and how each source fared. Keys name the build folder, so that each folder (full, samples, ...) keeps
+its own history: `m3e-hq-<folder>-<stage>` and `m3e-hq-<folder>-summary`.
+"""
+
+import re
+from pathlib import Path
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from flows.accounting import StageCounts
+from flows.manifest import stage_totals
+
+
+def slug(text: str) -> str:
+    """A piece of an artifact key: lowercase letters, digits and single dashes ("Chinese_SQuAD" -> "chinese-squad")."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def artifact_key(build_dir: str, name: str) -> str:
+    return "-".join(filter(None, ["m3e-hq", slug(Path(build_dir).name), slug(name)]))
+
+
+def stage_rows(counts: list[StageCounts]) -> list[dict[str, Any]]:
+    """One row per source: read, kept, dropped, then one column per reason the stage dropped rows for."""
+    reasons = sorted({reason for c in counts for reason in c.dropped})
+    return [{"source": c.source, "read": c.read, "kept": c.kept, "dropped": c.dropped_total,
+             **{reason: c.dropped.get(reason, 0) for reason in reasons}} for c in counts]
+
+
+def cell(value: Any) -> str:
+    """A value as a Markdown table cell (pipes escaped, on one line)."""
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The build in a few lines: where it is, the totals per stage, and each source's status and rows kept."""
+    stages: dict[str, list[StageCounts]] = summary["stages"]
+    totals = {stage: stage_totals(counts) for stage, counts in stages.items()}
+    kept = {stage: {c.source: c.kept for c in counts} for stage, counts in stages.items()}
+    lines = [f"# m3e-hq build: `{summary['build_dir']}`", "", f"Manifest: `{summary['manifest']}`", "", "## Stages", ""]
+    lines += markdown_table(["stage", "read", "kept", "dropped"], [
+        [stage, t["read"], t["kept"], sum(t["dropped"].values())] for stage, t in totals.items()])
+    lines += ["", "## Sources", ""]
+    lines += markdown_table(["source", "status", *(f"kept after {stage}" for stage in stages), "note"], [
+        [r.source, r.status, *(kept[stage].get(r.source, "-") for stage in stages), r.message or ""]
+        for r in summary["results"]])
+    return "\n".join(lines) + "\n"
+
+
+def publish_artifacts(summary: dict[str, Any]) -> None:
+    """Publish a table per stage and the Markdown summary of a build (inside a flow run: linked to it)."""
+    build_dir = summary["build_dir"]
+    for stage, counts in summary["stages"].items():
+        create_table_artifact(stage_rows(counts), key=artifact_key(build_dir, stage),
+                              description=f"{stage}: rows read, kept and dropped by reason per source ({build_dir})")
+    create_markdown_artifact(summary_markdown(summary), key=artifact_key(build_dir, "summary"),
+                             description=f"m3e-hq build summary ({build_dir})")

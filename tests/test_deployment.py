@@ -1,0 +1,343 @@
+"""The build-m3e-hq deployment for real: a Prefect server, `m3e-hq serve` and `prefect deployment run` in
+subprocesses. Against the same server, in this process: a failed build resumed at the failed stage, stages run again
+when their input files or outputs change, retries of transient download failures, the artifacts, and serving without
+a server.
+
+Everything Prefect writes goes to temporary folders (PREFECT_HOME for the subprocesses, the result storage here)."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
+from prefect.settings import PREFECT_API_URL, PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+from typer.testing import CliRunner
+
+from flows import download, filters, ingest
+from flows.artifacts import artifact_key, slug
+from flows.build import RESULTS_DIR, build_m3e_hq
+from flows.cli import app
+from flows.deploy import RUN_COMMAND, ServeError, serve
+from flows.mine import MineParams
+from sources.fetch import Obtained
+from sources.layout import SAMPLES_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+DEPLOYMENT = "build-m3e-hq/build-m3e-hq"
+
+
+@dataclass
+class Server:
+    url: str
+    env: dict[str, str]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """End a subprocess this test started (and its children, in its own session)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, process: subprocess.Popen, log: Path) -> None:
+    """Wait for `check` while `process` runs; fail with the end of its log on a timeout or when it exits."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{what} (exit code {process.poll()}):\n{log.read_text(errors='replace')[-4000:]}")
+        time.sleep(0.5)
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A Prefect server in a subprocess, with its own PREFECT_HOME (database, storage) in a temporary folder."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": url, "DO_NOT_TRACK": "1",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false",
+           "PREFECT_RUNNER_POLL_FREQUENCY": "1", "PREFECT_WORKER_QUERY_SECONDS": "1",
+           "M3E_HQ_CACHE": str(home / "m3e-hq-cache"), "HF_HOME": str(home / "hf"), "HF_HUB_OFFLINE": "1"}
+    log = home / "server.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port),
+                                    "--no-ui"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: healthy(url), 90, "the Prefect server did not start", process, log)
+        yield Server(url, env)
+    finally:
+        stop(process)
+
+
+@pytest.fixture
+def prefect_api(server: Server, tmp_path: Path) -> Iterator[Path]:
+    """This process talks to the server; results not kept in a build folder go to a temporary one. Logs and events
+    are sent before the server stops (else the process waits for it at exit)."""
+    storage = tmp_path / "prefect-storage"
+    with temporary_settings({PREFECT_API_URL: server.url, PREFECT_RESULTS_LOCAL_STORAGE_PATH: storage}):
+        yield storage
+        APILogWorker.drain_all()
+        EventsWorker.drain_all()
+
+
+@pytest.fixture(scope="module")
+def served(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen]:
+    """`m3e-hq serve` in a subprocess, once the deployment is registered."""
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([str(BIN / "m3e-hq"), "serve"], cwd=ROOT, env=server.env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: deployment_exists(server.url), 120, "the deployment was not registered", process, log)
+        assert f"{RUN_COMMAND} -p samples=true" in log.read_text()
+        yield process
+    finally:
+        stop(process)
+        print(log.read_text(errors="replace")[-3000:])
+
+
+def deployment_exists(url: str) -> bool:
+    return httpx.get(f"{url}/deployments/name/{DEPLOYMENT}", timeout=5).status_code == 200
+
+
+def deployment_run(server: Server, *params: str) -> subprocess.CompletedProcess:
+    args = [str(BIN / "prefect"), "deployment", "run", DEPLOYMENT, *[a for p in params for a in ("-p", p)],
+            "--watch", "--watch-timeout", "600"]
+    return subprocess.run(args, env=server.env, capture_output=True, text=True, timeout=660, check=False)
+
+
+# --- the deployment, end to end -----------------------------------------------------------------------------------
+
+
+def run_id(done: subprocess.CompletedProcess) -> UUID:
+    return UUID(re.search(r"UUID: ([0-9a-f-]{36})", done.stdout).group(1))
+
+
+def test_served_deployment_builds_the_samples(server, served, tmp_path):
+    out = tmp_path / "out"
+    done = deployment_run(server, "samples=true", 'sources=["ocnli","lcqmc"]', f"out_dir={json.dumps(str(out))}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Flow run finished successfully in 'Completed'" in done.stdout
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert list(manifest["stages"]) == ["ingest", "dedup", "filter", "mine"]
+    assert set(manifest["stages"]["mine"]["sources"]) == {"ocnli", "lcqmc"}
+    assert manifest["stages"]["mine"]["totals"]["kept"] > 0
+    for folder in ("m3e-hq", "m3e-hq-with-score"):  # the publish stage, once the flow has one
+        assert not (out / folder).exists() or any((out / folder).rglob("*.parquet"))
+    assert any((out / RESULTS_DIR).iterdir())  # the stages' cached results live in the build folder
+    with temporary_settings({PREFECT_API_URL: server.url}), get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id(done)])))
+    assert any("Finished in state Completed" in log.message for log in logs)  # run logs reach the API
+
+
+def test_invalid_parameters_fail_when_the_run_is_created(server, served):
+    done = deployment_run(server, "max_chars=0")
+    assert done.returncode == 1
+    assert "Validation failed for field 'max_chars'" in done.stdout + done.stderr
+    done = deployment_run(server, "commercial_only=yes")  # -p values are JSON: true or false
+    assert done.returncode == 1
+    assert "Validation failed for field 'commercial_only'" in done.stdout + done.stderr
+    assert "'yes' is not of type 'boolean'" in done.stdout + done.stderr
+
+
+def test_prefect_yaml_deploys_to_a_process_pool_that_a_worker_runs(server, served, tmp_path):
+    stop(served)  # it would race the worker for the run (so this test comes after the others that need it)
+    env = {**server.env, "PWD": str(ROOT)}
+    prefect = str(BIN / "prefect")
+    for args in (["work-pool", "create", "local-process", "--type", "process"],
+                 ["--no-prompt", "deploy", "--name", "build-m3e-hq"]):
+        done = subprocess.run([prefect, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+                              check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:  # started elsewhere: the pull step takes it to the repository
+        worker = subprocess.Popen([prefect, "worker", "start", "--pool", "local-process"], cwd=tmp_path,
+                                  env=server.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        done = deployment_run(server, "samples=true", 'sources=["ocnli"]', f"out_dir={json.dumps(str(tmp_path))}")
+        assert done.returncode == 0, done.stdout + done.stderr + log.read_text(errors="replace")
+    finally:
+        stop(worker)
+    with temporary_settings({PREFECT_API_URL: server.url}), get_client(sync_client=True) as client:
+        assert client.read_flow_run(run_id(done)).work_pool_name == "local-process"
+    assert (tmp_path / "manifest.json").exists()
+
+
+def test_serve_needs_a_reachable_prefect_server():
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        with pytest.raises(ServeError, match="PREFECT_API_URL is not set.*prefect server start.*"
+                                             "PREFECT_API_URL=http://127.0.0.1:4200/api"):
+            serve()
+        result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2 and "prefect server start" in result.output
+    unreachable = f"http://127.0.0.1:{free_port()}/api"
+    with temporary_settings({PREFECT_API_URL: unreachable}), pytest.raises(ServeError, match="does not answer"):
+        serve()
+
+
+# --- caching and resuming, in this process -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ingest_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The sources whose files are ingested (rather than taken from the cache), in order."""
+    calls: list[str] = []
+    original = ingest.candidates
+
+    def counting(source, files):
+        calls.append(source.name)
+        return original(source, files)
+
+    monkeypatch.setattr(ingest, "candidates", counting)
+    return calls
+
+
+def build(out: Path, tiny_encoder: Path, raw_dir: Path | None = None, **params) -> dict:
+    where = {"raw_dir": str(raw_dir)} if raw_dir else {"samples": True}
+    return build_m3e_hq(**where, sources=["ocnli", "lcqmc"], out_dir=str(out), cache_dir=str(out.parent / "cache"),
+                        mine=MineParams(encoder=str(tiny_encoder)), **params)
+
+
+def test_a_failed_build_resumes_at_the_failed_stage(prefect_api, tmp_path, monkeypatch, ingest_calls, tiny_encoder):
+    out = tmp_path / "out"
+    original = filters.reasons
+    failures = []
+
+    def fails_once(table, params):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("filter exploded")
+        return original(table, params)
+
+    monkeypatch.setattr(filters, "reasons", fails_once)
+    with pytest.raises(RuntimeError, match="filter exploded"):
+        build(out, tiny_encoder)
+    assert sorted(ingest_calls) == ["lcqmc", "ocnli"] and not (out / "manifest.json").exists()
+
+    ingest_calls.clear()
+    summary = build(out, tiny_encoder)
+    assert ingest_calls == []  # ingest (and dedup) came from the cache
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert set(manifest["stages"]["mine"]["sources"]) == {"ocnli", "lcqmc"}
+    assert [r.status for r in summary["results"]] == ["ok", "ok"]
+
+
+def test_a_changed_input_file_or_a_changed_output_runs_the_stage_again(prefect_api, tmp_path, ingest_calls,
+                                                                       tiny_encoder):
+    raw = tmp_path / "raw"
+    for name in ("ocnli", "lcqmc"):
+        shutil.copytree(SAMPLES_DIR / name, raw / name)
+    out = tmp_path / "out"
+    first = build(out, tiny_encoder, raw)
+    assert sorted(ingest_calls) == ["lcqmc", "ocnli"]
+
+    ingest_calls.clear()
+    changed = next(p for p in (raw / "ocnli").rglob("*") if p.is_file())
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 1_000_000_000))
+    build(out, tiny_encoder, raw)
+    assert ingest_calls == ["ocnli"]  # lcqmc's files did not change
+
+    ingest_calls.clear()
+    (out / "ingest" / "lcqmc.parquet").unlink()
+    again = build(out, tiny_encoder, raw)
+    assert ingest_calls == ["lcqmc"]  # its cached result no longer matched the files it wrote
+    assert (out / "ingest" / "lcqmc.parquet").exists()
+    kept = {stage: [c.kept for c in counts] for stage, counts in again["stages"].items()}
+    assert kept == {stage: [c.kept for c in counts] for stage, counts in first["stages"].items()}
+
+    ingest_calls.clear()
+    build(out, tiny_encoder, raw, max_chars=50)
+    assert sorted(ingest_calls) == ["lcqmc", "ocnli"]  # another parameter
+
+
+def test_transient_download_failures_are_retried_and_permanent_ones_reported(prefect_api, tmp_path, monkeypatch,
+                                                                              tiny_encoder):
+    answers = {"ocnli": ["GET https://x/a.zip failed after 5 attempts; last error: _Transient: HTTP 503"],
+               "lcqmc": ["GET https://x/b.zip failed with HTTP 404 Not Found: the file is gone or moved"]}
+    calls: list[str] = []
+
+    def fetch(source, cache_root, manual_root):
+        calls.append(source.name)
+        if answers[source.name]:
+            return Obtained(source.name, "failed", None, f"DownloadError: {answers[source.name].pop()}")
+        return Obtained(source.name, "cached", SAMPLES_DIR / source.name)
+
+    monkeypatch.setattr(download, "fetch_source", fetch)
+    monkeypatch.setattr(download, "obtain_task", download.obtain_task.with_options(retry_delay_seconds=0))
+    summary = build_m3e_hq(sources=["ocnli", "lcqmc"], out_dir=str(tmp_path / "out"), cache_dir=str(tmp_path),
+                           mine=MineParams(encoder=str(tiny_encoder)))
+    status = {r.source: r.status for r in summary["results"]}
+    assert status == {"ocnli": "ok", "lcqmc": "failed"}
+    assert sorted(calls) == ["lcqmc", "ocnli", "ocnli"]
+
+
+@pytest.mark.parametrize(("message", "retried"), [
+    ("DownloadError: GET https://x/a.zip failed after 5 attempts; last error: ConnectError: refused", True),
+    ("HubError: a/b@main: HfHubHTTPError: Server error '503 Service Unavailable' for url 'https://x'", True),
+    ("HubError: a/b@main: HfHubHTTPError: Client error '429 Too Many Requests' for url 'https://x'", True),
+    ("HubError: a/b@main: ConnectTimeout: timed out", True),
+    ("DownloadError: GET https://x/a.zip failed with HTTP 404 Not Found: the file is gone", False),
+    ("ChecksumError: checksum mismatch for https://x/a.zip: expected sha256 1, got 2", False),
+    ("HubError: dataset repo a/b not found on the Hub (moved or taken down?); fix obtain.repo in the catalog", False),
+    ("HubError: a/b@1 is not in the cache and the Hub cannot be reached (HF_HUB_OFFLINE set, or no network): "
+     + "ConnectError: [Errno 111] Connection refused", False),
+])
+def test_only_transient_download_failures_are_retried(message, retried):
+    assert download.transient(Obtained("x", "failed", None, message)) is retried
+    assert not download.transient(Obtained("x", "skipped", None, message))
+
+
+# --- artifacts -----------------------------------------------------------------------------------------------------
+
+
+def test_artifact_keys_are_slugs_of_the_build_folder_and_the_stage():
+    assert slug("Chinese-SQuAD") == "chinese-squad" and slug("hc3__chinese.v2") == "hc3-chinese-v2"
+    assert artifact_key("/x/My_Build", "ingest") == "m3e-hq-my-build-ingest"
+
+
+def test_the_build_publishes_a_table_per_stage_and_a_summary(prefect_api, tmp_path, tiny_encoder):
+    out = tmp_path / "My_Build"
+    summary = build(out, tiny_encoder)
+    with get_client(sync_client=True) as client:
+        artifacts = {a.key: a for a in client.read_artifacts() if a.key and a.key.startswith("m3e-hq-my-build-")}
+    assert set(artifacts) == {f"m3e-hq-my-build-{s}" for s in ("ingest", "dedup", "filter", "mine", "summary")}
+    table = json.loads(artifacts["m3e-hq-my-build-ingest"].data)
+    ocnli = next(row for row in table if row["source"] == "ocnli")
+    counts = next(c for c in summary["stages"]["ingest"] if c.source == "ocnli")
+    assert (ocnli["read"], ocnli["kept"], ocnli["label_filtered"]) == (counts.read, counts.kept, 40)
+    assert all(set(row) == set(table[0]) for row in table)
+    markdown = artifacts["m3e-hq-my-build-summary"].data
+    assert "| filter |" in markdown and "| ocnli | ok |" in markdown

@@ -155,8 +155,8 @@ def test_served_deployment_builds_the_samples(server, served, tmp_path):
     assert list(manifest["stages"]) == ["ingest", "dedup", "filter", "mine"]
     assert set(manifest["stages"]["mine"]["sources"]) == {"ocnli", "lcqmc"}
     assert manifest["stages"]["mine"]["totals"]["kept"] > 0
-    for folder in ("m3e-hq", "m3e-hq-with-score"):  # the publish stage, once the flow has one
-        assert not (out / folder).exists() or any((out / folder).rglob("*.parquet"))
+    for folder in ("m3e-hq", "m3e-hq-with-score"):  # the published datasets
+        assert (out / folder / "SHA256SUMS").is_file() and any((out / folder).rglob("*.parquet"))
     assert any((out / RESULTS_DIR).iterdir())  # the stages' cached results live in the build folder
     with temporary_settings({PREFECT_API_URL: server.url}), get_client(sync_client=True) as client:
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id(done)])))

@@ -1,5 +1,6 @@
 """The build-m3e-hq Prefect flow and the m3e-hq CLI, run for real against a temporary Prefect server."""
 
+import inspect
 import json
 from pathlib import Path
 
@@ -186,6 +187,8 @@ def test_readme_documents_every_stage_setting_and_reason():
     names = [*filters.FilterParams.model_fields, *filters.REASONS, *dedup.REASONS, *mine.REASONS,
              *(f for f in mine.MineParams.model_fields if f != "negatives")]
     assert [name for name in names if f"`{name}`" not in readme] == []
+    flow_parameters = inspect.signature(build_m3e_hq.fn).parameters
+    assert [name for name in flow_parameters if f"`{name}`" not in readme] == []
     nested = [f for f in negatives.NegativeParams.model_fields if f"`{f}`" not in readme
               and f"`negatives.{f}`" not in readme]
     assert nested == []

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import datasets
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -31,6 +32,7 @@ from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.manifest import MANIFEST_NAME
+from schemas import M3E_HQ_SCHEMA, M3E_HQ_WITH_SCORE_SCHEMA
 from sources.catalog import Catalog, HubObtain
 
 M3E_HQ, WITH_SCORE = "m3e-hq", "m3e-hq-with-score"
@@ -577,8 +579,17 @@ def front_matter(facts: Facts, params: PublishParams) -> str:
     tags = ["embeddings", "text-pairs", "m3e"] + (["hard-negatives"] if facts.scale else [])
     meta = {"pretty_name": pretty_name(facts.dataset, params), "license": "other", "language": ["zh"],
             "task_categories": TASK_CATEGORIES, "size_categories": [size_category(facts.configs[0].rows)],
-            "tags": tags, "configs": [config_entry(c) for c in facts.configs]}
+            "tags": tags, "configs": [config_entry(c) for c in facts.configs],
+            "dataset_info": [{"config_name": c.name, "features": features(facts.dataset, c.name),
+                              "splits": [{"name": "train", "num_examples": c.rows}]} for c in facts.configs]}
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---"
+
+
+def features(dataset: str, config: str) -> list[dict[str, Any]]:
+    """The card's `features` of a config, as `datasets` writes them."""
+    schema = {TRIPLETS: TRIPLETS_SCHEMA, SCORED_PAIRS: SCORED_PAIRS_SCHEMA}.get(
+        config, M3E_HQ_SCHEMA if dataset == M3E_HQ else M3E_HQ_WITH_SCORE_SCHEMA)
+    return datasets.Features.from_arrow_schema(schema)._to_yaml_list()
 
 
 def config_entry(config: Config) -> dict[str, Any]:

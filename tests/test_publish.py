@@ -331,3 +331,13 @@ def test_params_are_strict():
     with pytest.raises(ValidationError):
         PublishParams(commercial=True)
     assert all(f.description for f in PublishParams.model_fields.values())
+
+
+def test_the_card_declares_each_configs_features_as_loaded(published, offline, tmp_path):
+    for folder in (published.m3e_hq.folder, published.with_score.folder):
+        info = {entry["config_name"]: entry for entry in front_matter(folder)["dataset_info"]}
+        assert set(info) == {c["config_name"] for c in front_matter(folder)["configs"]}
+        for name, entry in info.items():
+            loaded = load(folder, name, tmp_path)
+            assert [f["name"] for f in entry["features"]] == loaded.column_names
+            assert entry["splits"][0]["num_examples"] == loaded.num_rows

@@ -6,6 +6,7 @@ and for tests (a tiny one). Speed and code paths are real; the embeddings mean n
 
 from pathlib import Path
 
+import torch
 from sentence_transformers import SentenceTransformer, models
 from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
 
@@ -33,8 +34,10 @@ def _config_and_tokenizer(folder: Path, shape: dict, **config: object) -> tuple[
     return BertConfig(**shape, **config), tokenizer
 
 
-def build_encoder(folder: Path, shape: dict = TINY_SHAPE, max_seq_length: int = 256) -> Path:
-    """A SentenceTransformer (BERT + mean pooling) with random weights, saved in `folder`; returns the folder."""
+def build_encoder(folder: Path, shape: dict = TINY_SHAPE, max_seq_length: int = 256, seed: int = 0) -> Path:
+    """A SentenceTransformer (BERT + mean pooling) with random weights drawn from `seed`, saved in `folder`; returns
+    the folder."""
+    torch.manual_seed(seed)
     bert_dir = folder / "bert"
     config, tokenizer = _config_and_tokenizer(bert_dir, shape)
     BertModel(config).save_pretrained(bert_dir)
@@ -45,8 +48,10 @@ def build_encoder(folder: Path, shape: dict = TINY_SHAPE, max_seq_length: int = 
     return folder
 
 
-def build_cross_encoder(folder: Path, shape: dict = TINY_SHAPE) -> Path:
-    """A one-label BERT sequence classifier (a cross-encoder) with random weights, saved in `folder`."""
+def build_cross_encoder(folder: Path, shape: dict = TINY_SHAPE, seed: int = 0) -> Path:
+    """A one-label BERT sequence classifier (a cross-encoder) with random weights drawn from `seed`, saved in
+    `folder`."""
+    torch.manual_seed(seed)
     config, tokenizer = _config_and_tokenizer(folder, shape, num_labels=1)
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

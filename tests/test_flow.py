@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from flows.build import FLOW_NAME, build_m3e_hq
 from flows.cli import app, manual_markdown_table, markdown_table
 from flows.mine import MineParams
+from flows.negatives import NegativeParams
 from flows.params import BuildParams
 from sources import adapters
 from sources.layout import SAMPLES_DIR
@@ -200,8 +201,11 @@ def test_readme_documents_every_stage_setting_and_reason():
 
 def test_flow_commercial_only_publishes_commercial_sources_only(prefect_server, tmp_path, tiny_encoder):
     sources = ["dureader_robust", "csl", "lawzhidao", "lcqmc"]
+    # No margins: a random model's scores would leave some small pools without negatives.
+    mine = MineParams(encoder=str(tiny_encoder), false_negative_margin=None,
+                      negatives=NegativeParams(relative_margin=None))
     summary = build_m3e_hq(samples=True, sources=sources, out_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"),
-                           mine=MineParams(encoder=str(tiny_encoder)), commercial_only=True)
+                           mine=mine, commercial_only=True)
     for folder in summary["published"]["folders"].values():
         published = {p.name for p in (Path(folder) / "data").iterdir()} - {"triplets", "scored-pairs"}
         assert published == {"dureader_robust", "csl"}  # lawzhidao states no licence, lcqmc is not commercial

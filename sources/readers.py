@@ -82,7 +82,7 @@ def _read_jsonl(file: SourceFile, encoding: str) -> Iterator[NativeRecord]:
                     continue
                 try:
                     yield NativeRecord(locator, record=json.loads(text))
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):  # JSONDecodeError, an over-long integer, too deep nesting
                     yield NativeRecord(locator, reason="invalid_json", raw=text.rstrip("\r\n"))
     except (OSError, EOFError) as exc:  # a truncated or corrupt gzip stream
         yield NativeRecord(f"{file.relpath}:{lineno + 1}-end", reason="unreadable_file",
@@ -104,7 +104,7 @@ def _read_json(file: SourceFile, encoding: str, records_key: str | None) -> Iter
         return
     try:
         document = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, an over-long integer, too deep nesting
         yield NativeRecord(locator, reason="invalid_json", raw=f"{exc}: {text[:1000]}")
         return
     records = document.get(records_key) if records_key and isinstance(document, dict) else document

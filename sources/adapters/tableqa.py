@@ -37,6 +37,8 @@ def adapt_tableqa(files: list[SourceFile], spec: TableQAAdapter) -> Iterator[Can
                 yield rejected(native, file.split, "invalid_record")
             elif record.get("table_id") is None or record.get("sql") is None:
                 yield rejected(native, file.split, "missing_field")
+            elif not isinstance(record["table_id"], str):
+                yield rejected(native, file.split, "wrong_type")
             elif record["table_id"] not in tables:
                 yield rejected(native, file.split, "missing_table")
             else:
@@ -64,14 +66,15 @@ def render_sql(sql: Any, table: dict) -> str:
     """SELECT <agg(col), ...> FROM <table> [WHERE <col op value> AND|OR ...]."""
     if not isinstance(sql, dict):
         raise BadSQL("sql is not an object")
-    header, types = table["header"], table.get("types") or []
+    header, types = table["header"], table.get("types")
+    types = types if isinstance(types, list) else []
     sel, agg = sql.get("sel"), sql.get("agg")
     if not isinstance(sel, list) or not isinstance(agg, list) or not sel or len(sel) != len(agg):
         raise BadSQL(f"sel {sel!r} and agg {agg!r} must be lists of the same non-zero length")
     columns = []
     for col, code in zip(sel, agg):
         name = _column(header, col)
-        if code not in AGGREGATES:
+        if not _known(code, AGGREGATES):
             raise BadSQL(f"unknown aggregate {code!r}")
         columns.append(f"{AGGREGATES[code]}({name})" if AGGREGATES[code] else name)
     query = f"SELECT {', '.join(columns)} FROM {table.get('name') or table['id']}"
@@ -80,7 +83,7 @@ def render_sql(sql: Any, table: dict) -> str:
         raise BadSQL("conds is not a list")
     rendered = []
     for cond in conds:
-        if not isinstance(cond, list) or len(cond) != 3 or cond[1] not in OPERATORS:
+        if not isinstance(cond, list) or len(cond) != 3 or not _known(cond[1], OPERATORS):
             raise BadSQL(f"bad condition {cond!r}")
         col, op, value = cond
         name = _column(header, col)
@@ -88,10 +91,15 @@ def render_sql(sql: Any, table: dict) -> str:
         rendered.append(f"{name} {OPERATORS[op]} {value if numeric else _quote(value)}")
     if rendered:
         connector = sql.get("cond_conn_op", 0)
-        if connector not in CONNECTORS:
+        if not _known(connector, CONNECTORS):
             raise BadSQL(f"unknown condition connector {connector!r}")
         query += " WHERE " + f" {CONNECTORS[connector]} ".join(rendered)
     return query
+
+
+def _known(code: Any, codes: dict) -> bool:
+    """Whether `code` is one of the codes (a list or object, unhashable, is not)."""
+    return isinstance(code, int | float | str) and code in codes
 
 
 def _column(header: list, col: Any) -> str:

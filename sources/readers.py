@@ -116,7 +116,13 @@ def _read_json(file: SourceFile, encoding: str, records_key: str | None) -> Iter
         yield NativeRecord(f"{file.relpath}:{index}", record=record)
 
 
+# Python's csv refuses cells over 131,072 characters and stops the file there; cells of any length are read, and
+# ingest quarantines texts over --max-chars (text_too_long). The limit is the csv module's, for the whole process.
+CSV_FIELD_LIMIT = 2**31 - 1
+
+
 def _read_csv(file: SourceFile, encoding: str) -> Iterator[NativeRecord]:
+    csv.field_size_limit(CSV_FIELD_LIMIT)
     line = 0
     try:
         # Undecodable bytes become lone surrogates, so the row they are in is quarantined as invalid_utf8.

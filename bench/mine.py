@@ -82,7 +82,7 @@ def run_ours(model_dir: Path, pairs: list[tuple[str, str]], device: str, folder:
     catalog = default_catalog()
     source = catalog.get("webqa")
     rows = [{"id": row_id("webqa", "train", str(i), q, p), "text": q, "text_pos": p, "split": "train",
-             **{k: v for k, v in tags(source).items()}} for i, (q, p) in enumerate(pairs)]
+             **tags(source)} for i, (q, p) in enumerate(pairs)]
     path = folder / "filter" / "webqa.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=M3E_HQ_SCHEMA), path)

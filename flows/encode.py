@@ -10,7 +10,7 @@ import itertools
 import logging
 import os
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,6 +165,18 @@ class Tokens:
                 for key, rows in encoded.items() if key in ("input_ids", "token_type_ids", "attention_mask")}
         return cls(flat, offsets, lengths, pad_id)
 
+    def batches(self, max_tokens: int, max_texts: int | None = None) -> Iterator[tuple[np.ndarray, int]]:
+        """Length-sorted batches (longest first) of at most `max_tokens` tokens, padding included, and `max_texts`
+        texts: each batch's row indices and padded width."""
+        order = np.argsort(-self.lengths, kind="stable")
+        start = 0
+        while start < len(order):
+            width = int(self.lengths[order[start]])
+            rows = max(1, max_tokens // width)
+            batch = order[start:start + (rows if max_texts is None else min(rows, max_texts))]
+            yield batch, width
+            start += len(batch)
+
     def batch(self, rows: np.ndarray, width: int) -> dict[str, torch.Tensor]:
         """The features of `rows`, right-padded to `width` tokens (pinned in memory when a GPU is there)."""
         columns = np.arange(width)
@@ -204,20 +216,14 @@ def embed(model: SentenceTransformer, texts: Sequence[str], prompt: str = "", ma
     tokenizer = model.tokenizer
     encoded = tokenizer([prompt + t for t in texts], truncation=True, max_length=model.max_seq_length)
     tokens = Tokens.of(encoded, tokenizer.pad_token_id or 0)
-    order = np.argsort(-tokens.lengths, kind="stable")
     device = model.device
     out: torch.Tensor | None = None
-    start = 0
-    while start < len(order):
-        width = int(tokens.lengths[order[start]])
-        rows = max(1, max_tokens // width)
-        batch = order[start:start + (rows if max_texts is None else min(rows, max_texts))]
+    for batch, width in tokens.batches(max_tokens, max_texts):
         features = {key: value.to(device, non_blocking=True) for key, value in tokens.batch(batch, width).items()}
         vectors = torch.nn.functional.normalize(model(features)["sentence_embedding"].float(), dim=1)
         if out is None:
             out = torch.empty((len(texts), vectors.shape[1]), dtype=torch.float32, device=device)
         out[torch.as_tensor(batch, device=device)] = vectors
-        start += len(batch)
         if on_progress:
             on_progress(len(batch))
     assert out is not None

@@ -172,8 +172,8 @@ def _teacher_scores(pools: list[_Pool], queries: list[str], positives: list[str]
     pairs: list[tuple[str, str]] = []
     for p in pools:
         pairs += [(queries[i], positives[i]) for i in p.rows]
-        pairs += [(queries[p.rows[r]], p.texts[j]) for r, j in zip(*np.nonzero(p.neg_idx >= 0), strict=True)
-                  for j in [p.neg_idx[r, j]]]
+        rows, slots = np.nonzero(p.neg_idx >= 0)  # row by row, in slot order: as the scores are read back
+        pairs += [(queries[p.rows[r]], p.texts[p.neg_idx[r, k]]) for r, k in zip(rows, slots, strict=True)]
     flat = teacher.score(pairs)
     pos_scores, neg_scores, at = [], [], 0
     for p in pools:

@@ -49,15 +49,9 @@ class CrossEncoderTeacher:
         encoded = model.tokenizer([q for q, _ in pairs], [p for _, p in pairs], truncation=True,
                                   max_length=model.max_seq_length)
         tokens = Tokens.of(encoded, model.tokenizer.pad_token_id or 0)
-        order = np.argsort(-tokens.lengths, kind="stable")
-        max_tokens = self.batch_size * int(tokens.lengths.max())
         out = torch.empty(len(pairs), dtype=torch.float32, device=model.device)
-        start = 0
-        while start < len(order):
-            width = int(tokens.lengths[order[start]])
-            batch = order[start:start + max(1, max_tokens // width)]
+        for batch, width in tokens.batches(self.batch_size * int(tokens.lengths.max())):
             out[torch.as_tensor(batch, device=model.device)] = self._logits(tokens, batch, width)
-            start += len(batch)
         return torch.sigmoid(out).cpu().numpy()
 
     @torch.inference_mode()

@@ -9,14 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from test_dedup import rows_of
 
 from flows.dedup import key
 from flows.encode import encode, load_encoder
-from flows.ingest import tags
 from flows.mine import NO_NEGATIVES, MineParams, mine_sources
 from flows.negatives import NegativeParams
 from flows.teacher import CrossEncoderTeacher
-from schemas import M3E_HQ_SCHEMA, M3E_HQ_WITH_SCORE_SCHEMA, row_id
+from schemas import M3E_HQ_SCHEMA, M3E_HQ_WITH_SCORE_SCHEMA
 
 COMMON = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)]
 # No margin: a random model's cosines say nothing about which text is the positive.
@@ -24,11 +24,10 @@ SMALL = NegativeParams(num_negatives=3, range_min=0, range_max=20, relative_marg
 
 
 def write_filtered(folder, catalog, source: str, pairs: list[tuple[str, str]]):
-    rows = [{"id": row_id(source, "train", str(i), q, p), "text": q, "text_pos": p, "split": "train",
-             **tags(catalog.get(source))} for i, (q, p) in enumerate(pairs)]
+    """The source's pairs as m3e-hq rows in `folder/filter/`, the mine stage's input."""
     path = folder / "filter" / f"{source}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=M3E_HQ_SCHEMA), path)
+    pq.write_table(pa.Table.from_pylist(rows_of(catalog, source, pairs), schema=M3E_HQ_SCHEMA), path)
     return path
 
 

@@ -1,13 +1,15 @@
 """Dedup stage: evaluation data out, then exact and near-duplicate pairs, within and across all sources.
 
-Reads every source's ingest output at once (duplicates cross sources), decides keep or drop for each row, and writes
-per source `<build>/dedup/<source>.parquet` (kept) and `dedup/dropped/<source>.parquet` (reason, the m3e-hq row as
-JSON, and for a duplicate the id of the row kept instead). Reasons, checked in this order:
+Reads every source's ingest output (duplicates cross sources) a batch at a time, decides keep or drop for each row,
+and writes per source `<build>/dedup/<source>.parquet` (kept) and `dedup/dropped/<source>.parquet` (reason, the
+m3e-hq row as JSON, and for a duplicate the id of the row kept instead). No stage data is held as Python objects per
+row: the normalised keys go to a temporary Parquet file that MinHash reads in batches, and the decisions are made on
+columns (ranks, 64-bit key hashes, ids) and numpy arrays, about 100 bytes per row. Reasons, checked in this order:
 
 - `eval_split`: the row comes from a split that C-MTEB evaluates (the catalog's `eval_splits`), unless
   `exclude_eval_splits` is off;
 - `eval_overlap`: its query or positive is an exact or near duplicate of a text of the `decontaminate` file;
-- `exact_duplicate`: it has the same normalised key as a better row (`flows.filters.normalize`: NFKC, so full-width
+- `exact_duplicate`: it has the same normalised key (compared as 128 bits of hash) as a better row (`flows.filters.normalize`: NFKC, so full-width
   and half-width forms agree, case folded, whitespace and punctuation removed); the key is the pair (query and
   positive) by default, the query alone with `on="query"` (or for s2p sources only with `on="query-s2p"`);
 - `near_duplicate`: its key is a MinHash near-duplicate of a better row's (`flows.minhash`; in pair mode both the
@@ -21,7 +23,6 @@ not depend on the order rows are read in, and a duplicate never costs the commer
 import json
 import tempfile
 import unicodedata
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from flows.accounting import StageCounts, StageWriter, dropped_rows
+from flows.accounting import BATCH_ROWS, StageCounts, StageWriter, dropped_rows
 from flows.filters import normalize
-from flows.minhash import MinHashParams, near_duplicates
+from flows.minhash import MinHashParams, ParquetTexts, matches, near_duplicates
 from schemas import M3E_HQ_SCHEMA
 from schemas.enums import Permission, Quality
 from sources.catalog import Catalog
@@ -90,29 +91,26 @@ class DedupResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
 class _Decisions:
-    """One entry per row of the combined table: the reason it is dropped (None: kept), the kept row, a detail."""
+    """One entry per row of the build (sources in catalog order): the reason it is dropped (-1: kept), the row kept
+    instead (duplicates; else -1), and a detail for the few rows that have one."""
 
-    reason: list[str | None]
-    kept: np.ndarray  # index of the row kept instead (duplicates), else -1
-    detail: list[str | None]
-
-    @classmethod
-    def empty(cls, n: int) -> "_Decisions":
-        return cls([None] * n, np.full(n, -1, dtype=np.int64), [None] * n)
+    def __init__(self, n: int) -> None:
+        self.reason = np.full(n, -1, dtype=np.int8)
+        self.kept = np.full(n, -1, dtype=np.int64)
+        self.detail: dict[int, str] = {}
 
     def active(self) -> np.ndarray:
-        return np.array([r is None for r in self.reason], dtype=bool)
+        return self.reason < 0
 
     def drop(self, rows: np.ndarray, reason: str, kept: np.ndarray | None = None,
-             details: Sequence[str | None] | None = None) -> None:
-        for k, i in enumerate(rows.tolist()):
-            self.reason[i] = reason
-            if kept is not None:
-                self.kept[i] = kept[k]
-            if details is not None:
-                self.detail[i] = details[k]
+             details: Sequence[str] | None = None) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        self.reason[rows] = REASONS.index(reason)
+        if kept is not None:
+            self.kept[rows] = kept
+        if details is not None:
+            self.detail.update(zip(rows.tolist(), details, strict=True))
 
 
 def key(text: str) -> str:
@@ -162,80 +160,120 @@ def _strings(value: Any) -> list[str]:
 
 
 def dedup_sources(inputs: dict[str, Path], out_dir: Path, params: DedupParams, catalog: Catalog) -> DedupResult:
-    """Dedup the ingest outputs `inputs` (source -> Parquet) into `out_dir/dedup/`; counts per source."""
+    """Dedup the ingest outputs `inputs` (source -> Parquet) into `out_dir/dedup/`; counts per source.
+
+    Out of core: the sources are read a batch at a time, once for the keys (written to a temporary Parquet file
+    beside the output, with each row's ranks and key hashes kept in columnar memory) and once to write the result.
+    """
     names = [n for n in catalog.names if n in inputs]
-    table = pa.concat_tables([pq.read_table(inputs[n], columns=_COLUMNS) for n in names]) if names else (
-        pa.table({c: pa.array([], M3E_HQ_SCHEMA.field(c).type) for c in _COLUMNS}))
-    rows = table.to_pydict()
-    n = table.num_rows
-    decisions = _Decisions.empty(n)
+    out_dir.mkdir(parents=True, exist_ok=True)
     stats: dict[str, Any] = {}
-
-    if params.exclude_eval_splits:
-        eval_splits = {(s.name, split) for s in catalog.sources for split in s.eval_splits}
-        pairs = zip(rows["source"], rows["split"], strict=True)
-        decisions.drop(np.flatnonzero([p in eval_splits for p in pairs]), EVAL_SPLIT)
-
-    query_keys = [key(t) for t in rows["text"]]
-    pos_keys = [key(t) for t in rows["text_pos"]]
-    if params.decontaminate is not None:
-        stats["decontaminate"] = _decontaminate(params.decontaminate, query_keys, pos_keys, decisions, params)
-
-    query_only = [params.on == "query" or (params.on == "query-s2p" and not h) for h in rows["homogeneous"]]
-    pair_keys = [q if only else f"{q}{SEPARATOR}{p}"
-                 for q, p, only in zip(query_keys, pos_keys, query_only, strict=True)]
-    order = _survivor_order(rows, catalog)
-    stats["exact_duplicate_keys"] = _duplicate_key_counts(query_keys, pos_keys, decisions.active())
-    _exact(pair_keys, order, decisions)
-    if params.near:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".dedup-") as spill:
-            stats["near"] = _near(pair_keys, query_keys, pos_keys, query_only, order, decisions, params,
-                                  Path(spill) if n > SPILL_ABOVE_ROWS else None)
-    stats["duplicates_by_source"] = _overlap(rows["source"], decisions)
-    counts = [_write(name, inputs[name], out_dir, decisions, offset, rows["id"])
-              for name, offset in zip(names, _offsets(rows["source"], names), strict=True)]
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".dedup-") as tmp:
+        spill = Path(tmp)
+        eval_keys = {key(t) for t in read_eval_texts(params.decontaminate)} if params.decontaminate else set()
+        rows = _read_keys(inputs, names, catalog, params, spill / "keys.parquet", eval_keys)
+        decisions = _Decisions(len(rows))
+        if params.exclude_eval_splits:
+            decisions.drop(np.flatnonzero(rows["eval_split"].to_numpy()), EVAL_SPLIT)
+        if params.decontaminate is not None:
+            stats["decontaminate"] = _decontaminate(params.decontaminate, rows, spill / "keys.parquet",
+                                                    sorted(eval_keys), decisions, params)
+        rank = _survivor_order(rows)
+        stats["exact_duplicate_keys"] = _duplicate_key_counts(rows, decisions.active())
+        _exact(rows, rank, decisions)
+        if params.near:
+            stats["near"] = _near(spill / "keys.parquet", rank, decisions, params,
+                                  spill if len(rows) > SPILL_ABOVE_ROWS else None)
+    stats["duplicates_by_source"] = _overlap(rows["source"].to_numpy(), names, decisions)
+    ids = rows["id"]
+    counts = [_write(name, inputs[name], out_dir, decisions, offset, ids)
+              for name, offset in zip(names, _offsets(rows["source"].to_numpy(), len(names)), strict=True)]
     return DedupResult(counts, stats)
 
 
-def _survivor_order(rows: dict[str, list], catalog: Catalog) -> np.ndarray:
-    """Each row's rank (0 = survives first): commercial use, quality grade, catalog position, id."""
-    position = {name: i for i, name in enumerate(catalog.names)}
+def _read_keys(inputs: dict[str, Path], names: list[str], catalog: Catalog, params: DedupParams, keys_path: Path,
+               eval_keys: set[str]) -> pl.DataFrame:
+    """Every row's normalised keys, written to `keys_path` (columns pair, query, positive: the texts MinHash
+    compares), and a frame of what dedup decides on: source position, evaluation split, decontamination hit, ranks,
+    id, and 64-bit hashes of the keys."""
+    eval_splits = {s.name: set(s.eval_splits) for s in catalog.sources}
+    empty = pa.table({"pair": pa.array([], pa.string()), "query": pa.array([], pa.string()),
+                      "positive": pa.array([], pa.string())})
+    frames = []
+    with pq.ParquetWriter(keys_path, empty.schema) as writer:
+        writer.write_table(empty)
+        for position, name in enumerate(names):
+            for batch in pq.ParquetFile(inputs[name]).iter_batches(batch_size=BATCH_ROWS, columns=_COLUMNS):
+                keys, frame = _batch_keys(batch, position, params, eval_splits[name], eval_keys)
+                writer.write_table(keys)
+                frames.append(frame)
+    schema = {"source": pl.Int32, "eval_split": pl.Boolean, "eval_hit": pl.String, "commercial": pl.Int8,
+              "quality": pl.Int8, "id": pl.String, "pair_hash": pl.UInt64, "pair_hash2": pl.UInt64,
+              "query_hash": pl.UInt64, "positive_hash": pl.UInt64}
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+
+
+def _batch_keys(batch: pa.RecordBatch, position: int, params: DedupParams, eval_splits: set[str],
+                eval_keys: set[str]) -> tuple[pa.Table, pl.DataFrame]:
+    """The keys table and the decision frame of one batch of a source's rows."""
+    queries = [key(t) for t in batch.column("text").to_pylist()]
+    positives = [key(t) for t in batch.column("text_pos").to_pylist()]
+    homogeneous = batch.column("homogeneous").to_pylist()
+    query_only = [params.on == "query" or (params.on == "query-s2p" and not h) for h in homogeneous]
+    pairs = [q if only else f"{q}{SEPARATOR}{p}" for q, p, only in zip(queries, positives, query_only, strict=True)]
+    # A query-only key's MinHash "positive" part is the query too, so that both parts compare the key.
+    compared = [q if only else p for q, p, only in zip(queries, positives, query_only, strict=True)]
+    hits = [("exact: query" if q in eval_keys else "exact: positive" if p in eval_keys else None)
+            for q, p in zip(queries, positives, strict=True)] if eval_keys else [None] * len(queries)
+    pair = pl.Series(pairs, dtype=pl.String)
     frame = pl.DataFrame({
-        "commercial": [_COMMERCIAL_RANK.get(c, 1) for c in rows["commercial"]],
-        "quality": [_QUALITY_RANK.get(q, 1) for q in rows["quality"]],
-        "source": [position[s] for s in rows["source"]],
-        "id": rows["id"],
-    }, schema={"commercial": pl.Int8, "quality": pl.Int8, "source": pl.Int32, "id": pl.String})
-    ranked = frame.with_row_index("row").sort(["commercial", "quality", "source", "id", "row"])
-    rank = np.empty(len(frame), dtype=np.int64)
-    rank[ranked["row"].to_numpy()] = np.arange(len(frame))
+        "source": pl.Series([position] * batch.num_rows, dtype=pl.Int32),
+        "eval_split": pl.Series(batch.column("split")).is_in(sorted(eval_splits)),
+        "eval_hit": pl.Series(hits, dtype=pl.String),
+        "commercial": pl.Series(batch.column("commercial")).replace_strict(_COMMERCIAL_RANK, default=1,
+                                                                          return_dtype=pl.Int8),
+        "quality": pl.Series(batch.column("quality")).replace_strict(_QUALITY_RANK, default=1, return_dtype=pl.Int8),
+        "id": pl.Series(batch.column("id")),
+        "pair_hash": pair.hash(seed=0), "pair_hash2": pair.hash(seed=1),
+        "query_hash": pl.Series(queries, dtype=pl.String).hash(seed=0),
+        "positive_hash": pl.Series(positives, dtype=pl.String).hash(seed=0),
+    })
+    return pa.table({"pair": pairs, "query": queries, "positive": compared}), frame
+
+
+def _survivor_order(rows: pl.DataFrame) -> np.ndarray:
+    """Each row's rank (0 = survives first): commercial use, quality grade, catalog position, id."""
+    ranked = rows.select("commercial", "quality", "source", "id").with_row_index("row").sort(
+        ["commercial", "quality", "source", "id", "row"])
+    rank = np.empty(len(rows), dtype=np.int64)
+    rank[ranked["row"].to_numpy()] = np.arange(len(rows))
     return rank
 
 
-def _duplicate_key_counts(query_keys: list[str], pos_keys: list[str], active: np.ndarray) -> dict[str, int]:
+def _duplicate_key_counts(rows: pl.DataFrame, active: np.ndarray) -> dict[str, int]:
     """Rows (not dropped before dedup) whose normalised query, positive or pair repeats another row's."""
-    frame = pl.DataFrame({"query": query_keys, "positive": pos_keys}).filter(pl.Series(active))
-    return {"query": len(frame) - frame["query"].n_unique(), "positive": len(frame) - frame["positive"].n_unique(),
-            "pair": len(frame) - frame.n_unique()}
+    frame = rows.select("query_hash", "positive_hash").filter(pl.Series(active))
+    return {"query": len(frame) - frame["query_hash"].n_unique(),
+            "positive": len(frame) - frame["positive_hash"].n_unique(), "pair": len(frame) - frame.n_unique()}
 
 
-def _exact(keys: list[str], rank: np.ndarray, decisions: _Decisions) -> None:
-    """Drop every active row whose key an active row of better rank has."""
-    frame = (pl.DataFrame({"key": keys, "rank": rank}).with_row_index("row").filter(pl.Series(decisions.active()))
-             .sort("rank").with_columns(first=pl.col("row").first().over("key"))
+def _exact(rows: pl.DataFrame, rank: np.ndarray, decisions: _Decisions) -> None:
+    """Drop every active row whose key (128 bits of hash) an active row of better rank has."""
+    frame = (rows.select("pair_hash", "pair_hash2").with_columns(rank=rank).with_row_index("row")
+             .filter(pl.Series(decisions.active())).sort("rank")
+             .with_columns(first=pl.col("row").first().over("pair_hash", "pair_hash2"))
              .filter(pl.col("row") != pl.col("first")))
     decisions.drop(frame["row"].to_numpy().astype(np.int64), EXACT_DUPLICATE, frame["first"].to_numpy())
 
 
-def _near(pair_keys: list[str], query_keys: list[str], pos_keys: list[str], query_only: list[bool],
-          rank: np.ndarray, decisions: _Decisions, params: DedupParams, spill_dir: Path | None) -> dict[str, Any]:
+def _near(keys_path: Path, rank: np.ndarray, decisions: _Decisions, params: DedupParams,
+          spill_dir: Path | None) -> dict[str, Any]:
     """Drop every active row in a near-duplicate cluster but the cluster's best-ranked row."""
     rows = np.flatnonzero(decisions.active())
-    texts = [pair_keys[i] for i in rows]
-    # Pair keys are confirmed side by side; a query-only key is its query, so its "positive" part is the query too.
-    parts = [[query_keys[i] for i in rows], [query_keys[i] if query_only[i] else pos_keys[i] for i in rows]]
-    clusters = near_duplicates(texts, params.minhash, params.workers, parts=parts, spill_dir=spill_dir)
+    # Pair keys are confirmed side by side: the query and the positive (a query-only key: its query twice).
+    texts, queries, positives = (ParquetTexts(keys_path, column, rows) for column in ("pair", "query", "positive"))
+    clusters = near_duplicates(texts, params.minhash, params.workers, parts=[queries, positives],
+                               spill_dir=spill_dir)
     frame = (pl.DataFrame({"row": rows, "rank": rank[rows], "label": clusters.labels})
              .filter(pl.len().over("label") > 1).sort("rank")
              .with_columns(first=pl.col("row").first().over("label"), size=pl.len().over("label")))
@@ -246,59 +284,59 @@ def _near(pair_keys: list[str], query_keys: list[str], pos_keys: list[str], quer
             "clusters": frame["label"].n_unique(), "rows_in_clusters": len(frame)}
 
 
-def _decontaminate(path: Path, query_keys: list[str], pos_keys: list[str], decisions: _Decisions,
+def _decontaminate(path: Path, rows: pl.DataFrame, keys_path: Path, eval_keys: list[str], decisions: _Decisions,
                    params: DedupParams) -> dict[str, Any]:
-    """Drop active rows whose query or positive key equals, or is a near duplicate of, an evaluation text's key."""
-    eval_keys = sorted({key(t) for t in read_eval_texts(path)})
-    eval_set = set(eval_keys)
-    rows = np.flatnonzero(decisions.active())
-    hit: dict[int, str] = {}
-    for i in rows.tolist():
-        if query_keys[i] in eval_set or pos_keys[i] in eval_set:
-            hit[i] = "exact: " + ("query" if query_keys[i] in eval_set else "positive")
+    """Drop active rows whose query or positive key equals (found while reading the keys), or is a near duplicate
+    of, an evaluation text's key."""
+    active = decisions.active()
+    exact = rows["eval_hit"].to_numpy()
+    hit = {int(i): str(exact[i]) for i in np.flatnonzero(active & rows["eval_hit"].is_not_null().to_numpy())}
     if params.near and eval_keys:
-        sides = [query_keys[i] for i in rows] + [pos_keys[i] for i in rows]
-        clusters = near_duplicates(eval_keys + sides, params.minhash, params.workers)
-        m = len(eval_keys)
-        for a, b in clusters.pairs.select("a", "b").iter_rows():
-            if (a < m) != (b < m):  # a confirmed pair of an evaluation text and a row's side
-                side = max(a, b) - m
-                row = int(rows[side % len(rows)])
-                hit.setdefault(row, "near: " + ("query" if side < len(rows) else "positive"))
+        candidates = np.flatnonzero(active)
+        for side, column in (("query", "query"), ("positive", "positive")):
+            found = matches(eval_keys, ParquetTexts(keys_path, column, candidates), params.minhash, params.workers)
+            for row in np.unique(candidates[found["text"].to_numpy()]).tolist():
+                hit.setdefault(row, f"near: {side}")
     dropped = np.array(sorted(hit), dtype=np.int64)
     decisions.drop(dropped, EVAL_OVERLAP, details=[hit[i] for i in dropped.tolist()])
     return {"file": str(path), "eval_texts": len(eval_keys), "rows_dropped": len(dropped)}
 
 
-def _overlap(sources: list[str], decisions: _Decisions) -> dict[str, dict[str, int]]:
+def _overlap(sources: np.ndarray, names: list[str], decisions: _Decisions) -> dict[str, dict[str, int]]:
     """Per source, its rows dropped as duplicates of a row kept in each source (itself included)."""
-    counter: Counter[tuple[str, str]] = Counter()
-    for i in np.flatnonzero(decisions.kept >= 0).tolist():
-        counter[sources[i], sources[int(decisions.kept[i])]] += 1
+    dup = np.flatnonzero(decisions.kept >= 0)
+    frame = pl.DataFrame({"dup": sources[dup], "kept": sources[decisions.kept[dup]]}).group_by("dup", "kept").len()
     out: dict[str, dict[str, int]] = {}
-    for (dup, kept), count in sorted(counter.items()):
-        out.setdefault(dup, {})[kept] = count
+    for d, k, count in sorted(frame.iter_rows(), key=lambda r: (names[r[0]], names[r[1]])):
+        out.setdefault(names[d], {})[names[k]] = count
     return out
 
 
-def _offsets(sources: list[str], names: list[str]) -> list[int]:
-    """Where each source's rows start in the combined table (sources are concatenated in `names` order)."""
-    counts = Counter(sources)
-    return np.concatenate([[0], np.cumsum([counts[n] for n in names])])[:-1].astype(int).tolist()
+def _offsets(sources: np.ndarray, n_sources: int) -> list[int]:
+    """Where each source's rows start in the build's rows (sources are read in catalog order)."""
+    counts = np.bincount(sources, minlength=n_sources) if len(sources) else np.zeros(n_sources, dtype=np.int64)
+    return np.concatenate([[0], np.cumsum(counts)])[:-1].astype(int).tolist()
 
 
-def _write(name: str, path: Path, out_dir: Path, decisions: _Decisions, offset: int, ids: list[str]) -> StageCounts:
-    """Write one source's kept and dropped rows (its rows are offset, offset + 1, ... of the combined table)."""
-    table = pq.read_table(path)
-    n = table.num_rows
-    reasons = decisions.reason[offset:offset + n]
+def _write(name: str, path: Path, out_dir: Path, decisions: _Decisions, offset: int, ids: pl.Series) -> StageCounts:
+    """Write one source's kept and dropped rows (its rows are offset, offset + 1, ... of the build's rows), a batch
+    at a time."""
     with StageWriter(out_dir / STAGE, STAGE, name, M3E_HQ_SCHEMA) as writer:
-        writer.read(n)
-        writer.keep_table(table.filter(pa.array([r is None for r in reasons])))
-        dropped = [i for i, r in enumerate(reasons) if r is not None]
-        if dropped:
-            kept = [int(decisions.kept[offset + i]) for i in dropped]
-            writer.drop_table(dropped_rows(
-                table, name, f"ingest/{name}.parquet", dropped, [reasons[i] for i in dropped],
-                [decisions.detail[offset + i] for i in dropped], [ids[k] if k >= 0 else None for k in kept]))
+        start = offset
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
+            table = pa.Table.from_batches([batch])
+            reasons = decisions.reason[start:start + table.num_rows]
+            writer.read(table.num_rows)
+            writer.keep_table(table.filter(pa.array(reasons < 0)))
+            dropped = np.flatnonzero(reasons >= 0)
+            if len(dropped):
+                rows = dropped + start
+                kept = decisions.kept[rows]
+                kept_ids = ids.gather(np.maximum(kept, 0)).to_list()
+                writer.drop_table(dropped_rows(
+                    table, name, f"ingest/{name}.parquet", dropped.tolist(),
+                    [REASONS[r] for r in reasons[dropped].tolist()], [decisions.detail.get(i) for i in rows.tolist()],
+                    [k_id if k >= 0 else None for k, k_id in zip(kept.tolist(), kept_ids, strict=True)],
+                    table_offset=start - offset))
+            start += table.num_rows
     return writer.counts

@@ -18,13 +18,15 @@ run and machine. datasketch is pinned: 2.0 changed its default scheme, and signa
 rensa) must not be mixed.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numba
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 from datasketch import MinHash
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -266,23 +268,81 @@ class Clusters:
 BATCH_TEXTS = 262_144
 
 
-def near_duplicates(texts: Sequence[str], params: MinHashParams | None = None, workers: int = 2,
-                    parts: Sequence[Sequence[str]] | None = None, spill_dir: Path | None = None) -> Clusters:
+class ParquetTexts:
+    """The texts at `rows` (sorted file positions; default all) of a string column of a Parquet file, read a batch
+    at a time: a corpus `near_duplicates` can go through without holding it in memory."""
+
+    def __init__(self, path: Path, column: str, rows: np.ndarray | None = None) -> None:
+        self.path, self.column = path, column
+        self.rows = np.arange(pq.ParquetFile(path).metadata.num_rows) if rows is None else np.asarray(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batches(self) -> Iterator[tuple[int, list[str]]]:
+        """(position of the batch's first text, its texts), in order."""
+        start = 0
+        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=BATCH_TEXTS, columns=[self.column]):
+            end = start + batch.num_rows
+            lo, hi = np.searchsorted(self.rows, [start, end])
+            if hi > lo:
+                yield int(lo), batch.column(0).take(pa.array(self.rows[lo:hi] - start)).to_pylist()
+            start = end
+
+    def take(self, positions: np.ndarray) -> list[str]:
+        """The texts at `positions` (sorted, distinct) of this corpus."""
+        wanted = self.rows[positions]
+        out: list[str] = []
+        start = 0
+        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=BATCH_TEXTS, columns=[self.column]):
+            end = start + batch.num_rows
+            lo, hi = np.searchsorted(wanted, [start, end])
+            if hi > lo:
+                out.extend(batch.column(0).take(pa.array(wanted[lo:hi] - start)).to_pylist())
+            start = end
+        return out
+
+
+class ListTexts:
+    """Texts held in memory, with ParquetTexts' interface."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        self.texts = texts
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def batches(self) -> Iterator[tuple[int, Sequence[str]]]:
+        for lo in range(0, len(self.texts), BATCH_TEXTS):
+            yield lo, self.texts[lo:lo + BATCH_TEXTS]
+
+    def take(self, positions: np.ndarray) -> list[str]:
+        return [self.texts[i] for i in positions.tolist()]
+
+
+Corpus = ParquetTexts | ListTexts
+
+
+def corpus(texts: Sequence[str] | Corpus) -> Corpus:
+    return texts if isinstance(texts, ParquetTexts | ListTexts) else ListTexts(texts)
+
+
+def near_duplicates(texts: Sequence[str] | Corpus, params: MinHashParams | None = None, workers: int = 2,
+                    parts: Sequence[Sequence[str] | Corpus] | None = None, spill_dir: Path | None = None) -> Clusters:
     """Cluster `texts` into near-duplicate groups (texts without a near-duplicate are clusters of one).
 
     Candidates come from the band keys of `texts`; a candidate counts when the Jaccard of each of `parts` (default:
     `texts` itself) reaches the threshold, e.g. the queries and the positives of pairs whose `texts` join the two,
-    so that two questions on one long passage are not taken for one pair. Signatures are computed BATCH_TEXTS at a
-    time and only their band keys kept; with `spill_dir` the keys go to Parquet files there and are grouped out of
-    core.
+    so that two questions on one long passage are not taken for one pair. Texts are a list or a ParquetTexts
+    column; signatures are computed BATCH_TEXTS at a time and only their band keys kept (with `spill_dir`, in Parquet
+    files there, grouped out of core), and only the candidates' texts are read for the Jaccard check.
     """
     params = params or MinHashParams()
+    texts = corpus(texts)
     n = len(texts)
     frames = []
-    codes, starts = _codes(texts)
-    for lo in range(0, n, BATCH_TEXTS):
-        hi = min(lo + BATCH_TEXTS, n)
-        _, keys = _signatures(codes, starts[lo:hi + 1], params, workers)
+    for lo, batch in texts.batches():
+        _, keys = _signatures(*_codes(batch), params, workers)
         frame = band_frame(keys, offset=lo)
         if spill_dir is not None:
             path = spill_dir / f"band-keys-{lo:012d}.parquet"
@@ -292,18 +352,39 @@ def near_duplicates(texts: Sequence[str], params: MinHashParams | None = None, w
     candidates = candidate_pairs(pl.concat(frames) if frames else band_frame(np.zeros((0, params.bands), U64)),
                                  params.bucket_all_pairs_max)
     a, b = candidates["a"].to_numpy(), candidates["b"].to_numpy()
+    used = np.unique(np.concatenate([a, b]))
+    local_a, local_b = np.searchsorted(used, a), np.searchsorted(used, b)
     sim = np.ones(len(a))
-    coded = texts
-    for part in parts if parts is not None else [texts]:
+    for part in [corpus(p) for p in parts] if parts is not None else [texts]:
         if len(part) != n:
             raise ValueError(f"a part has {len(part)} texts for {n} texts")
-        if part is not coded:
-            del codes, starts  # one corpus of code points at a time
-            codes, starts = _codes(part)
-            coded = part
-        sim = np.minimum(sim, _jaccard(codes, starts, a, b, params, workers))
+        sim = np.minimum(sim, _jaccard(*_codes(part.take(used)), local_a, local_b, params, workers))
     keep = sim >= params.threshold
     pairs = pl.DataFrame({"a": a[keep], "b": b[keep], "jaccard": sim[keep]})
     graph = coo_matrix((np.ones(int(keep.sum()), dtype=np.int8), (a[keep], b[keep])), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     return Clusters(labels, pairs, len(candidates))
+
+
+def matches(queries: Sequence[str], texts: Sequence[str] | Corpus, params: MinHashParams | None = None,
+            workers: int = 2) -> pl.DataFrame:
+    """The near-duplicate pairs between a few `queries` (e.g. evaluation texts) and a big corpus `texts`, read a
+    batch at a time: columns query, text (positions) and jaccard (≥ threshold)."""
+    params = params or MinHashParams()
+    _, query_keys = signatures(queries, params, workers)
+    index = _long(band_frame(query_keys)).collect()
+    found = [pl.DataFrame(schema={"query": pl.Int64, "text": pl.Int64, "jaccard": pl.Float64})]
+    for lo, batch in corpus(texts).batches():
+        _, keys = signatures(batch, params, workers)
+        pairs = (_long(band_frame(keys)).join(index.lazy(), on="key", suffix="_q")
+                 .select(query=pl.col("idx_q"), text=pl.col("idx")).unique().sort("query", "text").collect())
+        q, t = pairs["query"].to_numpy(), pairs["text"].to_numpy()
+        sim = jaccard([*queries, *batch], q, t + len(queries), params, workers)
+        keep = sim >= params.threshold
+        found.append(pl.DataFrame({"query": q[keep], "text": t[keep] + lo, "jaccard": sim[keep]}))
+    return pl.concat(found)
+
+
+def _long(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Band keys one per row (idx, key): keys are distinct across bands, so a join on key alone matches bands."""
+    return frame.unpivot(index="idx", value_name="key").select("idx", "key")

@@ -5,7 +5,15 @@ import random
 import numpy as np
 import pytest
 
-from flows.minhash import MinHashParams, jaccard, near_duplicates, shingle_sets, signatures
+from flows.minhash import (
+    MinHashParams,
+    ParquetTexts,
+    jaccard,
+    matches,
+    near_duplicates,
+    shingle_sets,
+    signatures,
+)
 
 PARAMS = MinHashParams()
 COMMON = [chr(c) for c in range(0x4E00, 0x4E00 + 2000)]
@@ -120,3 +128,42 @@ def test_band_keys_spilled_to_parquet_give_the_same_clusters(tmp_path, monkeypat
     assert len(list(tmp_path.glob("*.parquet"))) == 7
     assert np.array_equal(want.labels, got.labels) and want.pairs.equals(got.pairs)
     assert len(set(got.labels)) == 300
+
+
+def test_texts_read_from_parquet_in_batches_give_the_same_clusters(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import flows.minhash
+
+    rng = random.Random(13)
+    originals = ["".join(rng.choices(COMMON, k=50)) for _ in range(200)]
+    texts = originals + [t[:10] + "错" + t[11:] for t in originals[:80]]
+    rows = np.array(sorted(rng.sample(range(len(texts)), 240)))  # a subset of the file's rows, in order
+    path = tmp_path / "keys.parquet"
+    pq.write_table(pa.table({"text": texts}), path, row_group_size=50)
+    monkeypatch.setattr(flows.minhash, "BATCH_TEXTS", 37)  # batches that do not line up with the rows
+    subset = [texts[i] for i in rows]
+    want = near_duplicates(subset, PARAMS)
+    got = near_duplicates(ParquetTexts(path, "text", rows), PARAMS, parts=[ParquetTexts(path, "text", rows)])
+    assert np.array_equal(want.labels, got.labels) and want.pairs.equals(got.pairs)
+    assert len(got.pairs) > 10
+    assert ParquetTexts(path, "text", rows).take(np.array([0, 5, 239])) == [subset[0], subset[5], subset[239]]
+
+
+def test_matches_finds_every_near_duplicate_of_a_few_queries_in_a_corpus(monkeypatch):
+    import flows.minhash
+
+    rng = random.Random(14)
+    corpus = ["".join(rng.choices(COMMON, k=rng.choice([12, 40, 90]))) for _ in range(400)]
+    long = [i for i, t in enumerate(corpus) if len(t) == 90][:3]
+    queries = [corpus[i][:5] + "错" + corpus[i][6:] for i in long] + ["".join(rng.choices(COMMON, k=30))]
+    monkeypatch.setattr(flows.minhash, "BATCH_TEXTS", 64)
+    found = matches(queries, corpus, PARAMS)
+    a = np.repeat(np.arange(len(queries)), len(corpus))
+    b = np.tile(np.arange(len(corpus)), len(queries)) + len(queries)
+    sim = jaccard([*queries, *corpus], a, b, PARAMS)
+    want = {(int(q), int(t) - len(queries)) for q, t in zip(a[sim >= PARAMS.threshold], b[sim >= PARAMS.threshold],
+                                                            strict=True)}
+    assert set(zip(found["query"].to_list(), found["text"].to_list(), strict=True)) == want
+    assert {t for _, t in want} >= set(long)  # the long edited copies reach 0.8, and LSH missed none of the pairs

@@ -7,8 +7,11 @@ counts that go into the manifest. For every stage and source: rows read = rows k
 
 import json
 import os
+import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +27,31 @@ BATCH_ROWS = 20_000
 
 class AccountingError(RuntimeError):
     """Rows were read that were neither kept nor dropped with a reason (or counted twice)."""
+
+
+class OutputError(OSError):
+    """A build output could not be written (disk full, permission denied, read-only folder): the build stops,
+    whatever source it was writing, since every other output would fail alike."""
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Raise an OSError met in the block as an OutputError naming `path` (and keeping the errno)."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise OutputError(exc.errno, reason, str(path)) from exc
+
+
+def check_writable(folder: Path) -> None:
+    """Create `folder` when needed and a file in it; OutputError when either fails."""
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
 
 
 @dataclass
@@ -59,8 +87,19 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temporary file beside `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def parquet_batches(path: Path, batch_size: int = BATCH_ROWS, columns: list[str] | None = None,
+                    ) -> Iterator[pa.RecordBatch]:
+    """A Parquet file's rows a batch at a time. Pre-buffering is off: with it, pyarrow keeps every column chunk it
+    has read until the file is closed (reading 2M rows of keys held 1.7 GB)."""
+    return pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_size, columns=columns)
 
 
 class _ParquetSink:
@@ -91,23 +130,28 @@ class _ParquetSink:
         table = table.select(self.schema.names).cast(self.schema)
         if self.validate:
             validate_table(table, self.schema)
+        with writing(self.path):
+            self._open().write_table(table)
+        self.written += table.num_rows
+
+    def _open(self) -> pq.ParquetWriter:
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
-        self.writer.write_table(table)
-        self.written += table.num_rows
+        return self.writer
 
     def commit(self) -> None:
+        """Close the temporary file (a valid, empty one when there were no rows) and rename it into place."""
         self.flush()
-        if self.writer is None:  # no rows: still write a valid, empty file
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
-        self.writer.close()
-        os.replace(self.tmp, self.path)
+        with writing(self.path):
+            self._open().close()
+            os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
+        """Remove the temporary file; an error closing it (the disk that failed the write) is ignored."""
         if self.writer is not None:
-            self.writer.close()
+            with suppress(OSError):
+                self.writer.close()
         self.tmp.unlink(missing_ok=True)
 
 
@@ -151,24 +195,26 @@ class StageWriter:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if exc_type is not None:
-            self._kept.abort()
-            self._dropped.abort()
+            self._abort()
             return
-        self._kept.flush()
-        self._dropped.flush()
-        self.counts.kept = self._kept.written
-        self.counts.dropped = dict(sorted(self._reasons.items()))
         try:
+            self._kept.flush()
+            self._dropped.flush()
+            self.counts.kept = self._kept.written
+            self.counts.dropped = dict(sorted(self._reasons.items()))
             self.counts.check()
-        except AccountingError:
-            self._kept.abort()
-            self._dropped.abort()
+            self._kept.commit()
+            self._dropped.commit()
+        except BaseException:
+            self._abort()
             raise
-        self._kept.commit()
-        self._dropped.commit()
         self.counts.kept_path = str(self._kept.path)
         self.counts.dropped_path = str(self._dropped.path)
         self.counts.seconds = round(time.perf_counter() - self._start, 3)
+
+    def _abort(self) -> None:
+        self._kept.abort()
+        self._dropped.abort()
 
 
 def dropped_rows(table: pa.Table, source: str, stage_input: str, positions: list[int], reasons: list[str],

@@ -1,37 +1,46 @@
 """The `build-m3e-hq` Prefect flow: a thin shell over the plain stage functions.
 
-    obtain + ingest (per source) ─► dedup (all sources) ─► filter (per source) ─► mine (all sources) ─► manifest
+    obtain + ingest (per source) ─► dedup (all sources) ─► filter (per source) ─► mine (per source) ─► manifest
 
 `build_sources` is the plain function (no Prefect); the flow maps one obtain task (download, cache or manual
 folder) and one ingest task per source, runs one dedup task over every ingested source, maps one filter task per
-source, runs one mine task (hard negatives, teacher scores) over every filtered source, and writes the manifest.
+source, runs one mine task (hard negatives, teacher scores) per filtered source (one over all of them with
+`mine.pool="all"`), merges their results, and writes the manifest.
 A source that cannot be obtained is reported as skipped, unavailable or failed, one whose folder lacks its files as
 missing, one whose ingest raises as failed: none of these stops the other sources.
 
-Resuming: in the flow, each stage (the ingest of one source's files, dedup, the filter of one source, mine) is a task
-cached on its inputs, the size and modification time of every file it reads, and its source code, its result (paths
-and counts) kept in `<build_dir>/.prefect-results/`. A run after a failure starts again at the failed stage; a changed
+With `mine.encode_shards` > 1, that many encode tasks fill the embedding cache before the mine task, which then finds
+every embedding cached. The tasks run on 4 threads (the decorator's default) or, with
+`build_m3e_hq.with_options(task_runner=task_runner("ray", address))`, on Ray (prefect-ray), where the encode shards
+and the mine tasks ask for one GPU each when the models run on CUDA.
+
+Resuming: in the flow, each shard of work (the ingest of one source's files, dedup, the filter of one source, an
+encode shard, the mining of one source) is a task cached on its inputs, the size and modification time of every file
+it reads, and its source code, its result (paths and counts) kept in `<build_dir>/.prefect-results/`. A run after a failure starts again at the failed stage; a changed
 input, parameter or stage function runs that stage again and the stages after it, and so does a stage output removed
 or overwritten since (e.g. by a build with other settings into the same folder). Delete the build folder or set
 PREFECT_TASKS_REFRESH_CACHE=true to build from scratch.
 """
 
 import functools
+import logging
+import os
 import traceback
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Annotated, Any, Generic, ParamSpec, TypeVar
 
 from prefect import Task, flow, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
-from prefect.context import TaskRunContext
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.hashing import hash_objects
 from pydantic import BaseModel, Field
 
 from flows import progress
-from flows.accounting import StageCounts
+from flows.accounting import OutputError, StageCounts
 from flows.artifacts import publish_artifacts
 from flows.clean import DEFAULT_MAX_CHARS
 from flows.dedup import STAGE as DEDUP
@@ -43,11 +52,11 @@ from flows.ingest import STAGE as INGEST
 from flows.ingest import ingest_source
 from flows.manifest import write_manifest
 from flows.mine import STAGE as MINE
-from flows.mine import MineParams, MineResult, mine_sources
+from flows.mine import MineParams, MineResult, encode_shard, groups, merge, mine_sources
 from flows.params import BuildParams
 from flows.publish import PublishParams, PublishResult, publish
 from flows.push import push_to_hub
-from sources.catalog import ManualObtain, Source, default_catalog
+from sources.catalog import Catalog, ManualObtain, Source, default_catalog
 from sources.fetch import Obtained, manual_guidance
 from sources.layout import locate
 
@@ -90,7 +99,7 @@ def missing_message(source: Source, folder: Path) -> str:
 def ingest_one(obtained: Obtained, build_dir: Path, max_chars: int,
                ingest: Callable[..., StageCounts] = ingest_source) -> SourceResult:
     """Ingest one obtained source with `ingest` (ingest_source's arguments); absent files and errors become a status,
-    never an exception."""
+    never an exception, except an OutputError (the build folder cannot be written)."""
     name = obtained.source
     summary = obtained.summary()
     if not obtained.ok or obtained.folder is None:
@@ -104,6 +113,8 @@ def ingest_one(obtained: Obtained, build_dir: Path, max_chars: int,
                             obtained=summary)
     try:
         counts = ingest(source, located.files, build_dir, max_chars, progress.counter(name))
+    except OutputError:  # the build folder, not the source: every source would fail alike
+        raise
     except Exception as exc:  # noqa: BLE001 - reported per source: one broken source does not stop the build
         detail = "".join(traceback.format_exception_only(exc)).strip()
         return SourceResult(name, "failed", detail, files, located.missing, summary)
@@ -262,10 +273,80 @@ def ingest_cached(obtained: Obtained, build_dir: Path, max_chars: int) -> Source
 
 
 ingest_task = task(ingest_cached, name="ingest", task_run_name="ingest-{obtained.source}")
+encode_task = task(encode_shard, name="encode", task_run_name="encode-{shard}", cache_policy=STAGE_CACHE,
+                   persist_result=True)
+
+
+def encode_shards(inputs: dict[str, Path], params: BuildParams, catalog: Catalog) -> None:
+    """With `mine.encode_shards` > 1: encode the texts mining needs in that many concurrent tasks, into the embedding
+    cache (a shard cached from an earlier run is not run again; the mine task encodes whatever is still missing)."""
+    shards = params.mine.encode_shards
+    if shards == 1:
+        return
+    stage = encode_task.with_options(result_storage=params.build_dir / RESULTS_DIR)
+    futures = [stage.submit(inputs, params.mine, catalog, params.embedding_cache, shard) for shard in range(shards)]
+    for future in futures:
+        future.result()
+
+
+# --- task runners: threads in this process (the default) or a Ray cluster (prefect-ray) -----------------------------
+
+TASK_RUNNERS = ("thread", "ray")
+# A local Ray instance (no address): every core, no dashboard, Ray's own logs from WARNING, a small object store
+# (tasks pass paths, settings and counts, never rows).
+LOCAL_RAY = {"num_cpus": os.cpu_count(), "include_dashboard": False, "logging_level": logging.WARNING,
+             "object_store_memory": 256 * 2**20}
+
+
+class TaskRunnerError(RuntimeError):
+    """A task runner that cannot be had: an unknown name, or prefect-ray not installed."""
+
+
+def task_runner(name: str = "thread", ray_address: str | None = None) -> TaskRunner:
+    """The flow's task runner: `thread` (4 threads in this process) or `ray` (prefect-ray: the Ray cluster at
+    `ray_address`, e.g. ray://head:10001, else a local Ray instance for the run)."""
+    if name not in TASK_RUNNERS:
+        raise TaskRunnerError(f"unknown task runner {name!r}: choose {' or '.join(TASK_RUNNERS)}")
+    if name == "thread":
+        if ray_address:
+            raise TaskRunnerError("a Ray address needs the ray task runner (--task-runner ray)")
+        return ThreadPoolTaskRunner(max_workers=4)
+    try:
+        from prefect_ray import RayTaskRunner
+    except ImportError:
+        raise TaskRunnerError('the ray task runner needs prefect-ray and ray: pip install "m3e-hq[ray]"') from None
+    return RayTaskRunner(address=ray_address, init_kwargs=None if ray_address else LOCAL_RAY)
+
+
+def gpus_per_task(device: str | None, cluster_gpus: float) -> int:
+    """GPUs a model task asks Ray for: one when it runs on CUDA (`device` says cuda, or says nothing and the cluster
+    has GPUs), else none."""
+    cuda = device.startswith("cuda") if device else cluster_gpus > 0
+    if cuda and not cluster_gpus:
+        raise TaskRunnerError(f"device {device!r} requested but the Ray cluster has no GPU")
+    return int(cuda)
+
+
+def model_tasks(device: str | None) -> AbstractContextManager[Any]:
+    """Under the Ray task runner, the tasks submitted in this block (encode shards, mine) ask Ray for
+    `gpus_per_task` GPUs each; under another runner nothing changes."""
+    try:
+        import ray
+        from prefect_ray import RayTaskRunner
+        from prefect_ray.context import remote_options
+    except ImportError:
+        return nullcontext()
+    context = FlowRunContext.get()
+    if context is None or not isinstance(context.task_runner, RayTaskRunner):
+        return nullcontext()
+    gpus = gpus_per_task(device, ray.cluster_resources().get("GPU", 0))
+    return remote_options(num_gpus=gpus) if gpus else nullcontext()
+
+
 MaxChars = Annotated[int, Field(ge=1, description="longest text kept per side, in characters")]
 
 
-@flow(name=FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)
+@flow(name=FLOW_NAME, task_runner=task_runner("thread"), log_prints=True)
 def build_m3e_hq(samples: bool = False, raw_dir: str | None = None, sources: list[str] | None = None,
                  out_dir: str | None = None, max_chars: MaxChars = DEFAULT_MAX_CHARS, cache_dir: str | None = None,
                  manual_dir: str | None = None, require_all: bool = False, dedup: DedupParams | None = None,
@@ -289,8 +370,12 @@ def build_m3e_hq(samples: bool = False, raw_dir: str | None = None, sources: lis
     [deduped] = run_stage(dedup_task, build_dir, [(ingested(results), build_dir, params.dedup, catalog)])
     filtered = run_stage(filter_task, build_dir,
                          [(c.source, Path(c.kept_path), build_dir, params.filters) for c in deduped.counts])
-    [mined] = run_stage(mine_task, build_dir, [(filter_outputs(filtered), build_dir, params.mine, catalog,
-                                                params.embedding_cache)])
+    inputs = filter_outputs(filtered)
+    with model_tasks(params.mine.device):
+        encode_shards(inputs, params, catalog)
+        mined = merge(run_stage(mine_task, build_dir, [
+            ({n: inputs[n] for n in group}, build_dir, params.mine, catalog, params.embedding_cache)
+            for group in groups([n for n in catalog.names if n in inputs], params.mine.pool)]))
     summary = release(params, finish(params, results, deduped, filtered, mined))
     publish_artifacts(summary)
     return summary

@@ -1,14 +1,19 @@
 """The `m3e-hq` command line: `sources` lists the catalog and what is cached, `download` fetches the sources,
 `build` runs the build-m3e-hq flow locally."""
 
+import errno
+import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Literal, NoReturn
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from flows.clean import DEFAULT_MAX_CHARS
@@ -24,6 +29,11 @@ for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "f
                      "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
                      "PREFECT_SERVER_UI_ENABLED": "false"}.items():
     os.environ.setdefault(_key, _value)
+
+# Why a build output cannot be written: disk full or over quota, no permission, read-only, a file in the way.
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+                           errno.EEXIST})
+OUTPUT_FAILED = 3  # exit status of a build stopped by an output that could not be written
 
 app = typer.Typer(help="Build m3e-hq, the cleaned M3E Chinese text-pair dataset, from its 29 sources.",
                   no_args_is_help=True, add_completion=False)
@@ -230,11 +240,18 @@ def build(
     num_negatives: Annotated[int | None, typer.Option(help="hard negatives per pair (default 7)")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of random negative sampling")] = None,
     min_pair_score: Annotated[float | None, typer.Option(help="drop pairs the teacher scores below this")] = None,
+    encode_shards: Annotated[int | None, typer.Option(min=1, help="encode the texts in this many tasks before "
+                                                      "mining (one GPU each under --task-runner ray; default 1)")]
+    = None,
     mine: Annotated[Path | None, typer.Option("--mine", help="YAML or JSON file of mine-stage settings (MineParams "
                                               "fields; the options above win)")] = None,
     commercial_only: CommercialOption = False,
     include_unknown_license: UnknownLicenseOption = False,
     push_to_hub: PushOption = None,
+    runner: Annotated[Literal["thread", "ray"], typer.Option("--task-runner", help="where the tasks run: 4 threads "
+                                                             'here, or Ray (pip install "m3e-hq[ray]")')] = "thread",
+    ray_address: Annotated[str | None, typer.Option(help="the Ray cluster for --task-runner ray, e.g. "
+                                                    "ray://head:10001 (default: a local Ray instance)")] = None,
 ) -> None:
     """Run the build-m3e-hq flow: obtain (download) and ingest every selected source, dedup them, filter the pairs,
     mine hard negatives and teacher scores, print per-source and per-stage counts, write the manifest. Without --samples or --raw-dir the sources are
@@ -254,7 +271,8 @@ def build(
         negative_settings = mine_settings.pop("negatives", {})
         negative_settings |= {k: v for k, v in {"num_negatives": num_negatives, "seed": seed}.items() if v is not None}
         mine_settings |= {k: v for k, v in {"encoder": encoder, "teacher": teacher, "device": device, "search": search,
-                                            "min_pair_score": min_pair_score}.items() if v is not None}
+                                            "min_pair_score": min_pair_score,
+                                            "encode_shards": encode_shards}.items() if v is not None}
         params = BuildParams(samples=samples, raw_dir=raw_dir, sources=split_names(source), out_dir=out,
                              max_chars=max_chars, cache_dir=cache_dir, manual_dir=manual_dir,
                              require_all=require_all, dedup=dedup,
@@ -270,13 +288,20 @@ def build(
         raise typer.Exit(2) from None
 
     from flows import progress
-    from flows.build import build_m3e_hq
+    from flows.accounting import check_writable
+    from flows.build import TaskRunnerError, build_m3e_hq, task_runner
 
+    try:
+        flow = build_m3e_hq.with_options(task_runner=task_runner(runner, ray_address))
+    except TaskRunnerError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
     origin = params.input_dir or f"downloads in {params.cache_root} and manual sources in {params.manual_root}"
     console.print(f"Building m3e-hq from {origin} into {params.build_dir}")
     try:
-        with progress.showing(console):
-            summary = build_m3e_hq(
+        check_writable(params.build_dir)
+        with progress.showing(console), quiet_output_errors(), one_api_server(runner):
+            summary = flow(
                 samples=params.samples, raw_dir=str(params.raw_dir) if params.raw_dir else None,
                 sources=params.sources, out_dir=str(params.build_dir), max_chars=params.max_chars,
                 cache_dir=str(params.cache_root), manual_dir=str(params.manual_root), require_all=require_all,
@@ -285,6 +310,11 @@ def build(
     except MissingSourcesError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
+    except OSError as exc:
+        if not output_problem(exc):
+            raise
+        console.print(f"[red]error:[/red] {escape(output_failure(exc, params.build_dir))}", soft_wrap=True)
+        raise typer.Exit(OUTPUT_FAILED) from None
     results = summary["results"]
     console.print(summary_table(results, summary["stages"]))
     console.print(stage_table(summary["stages"]))
@@ -292,11 +322,70 @@ def build(
     print_published(summary["published"])
     for r in results:
         if r.status != "ok":
-            console.print(f"[yellow]{r.source}: {r.status}[/yellow] — {r.message}")
+            console.print(f"[yellow]{r.source}: {r.status}[/yellow] — {escape(str(r.message))}")
         elif r.message:
-            console.print(f"{r.source}: {r.message}")
-    if any(r.status == "failed" for r in results):
+            console.print(f"{r.source}: {escape(r.message)}")
+    failed = [r.source for r in results if r.status == "failed"]
+    if failed:
+        console.print(f"[red]error:[/red] {len(failed)} of {len(results)} sources failed: {', '.join(failed)} (why "
+                      "above); the other sources were built", soft_wrap=True)
         raise typer.Exit(1)
+
+
+def output_problem(exc: OSError) -> bool:
+    """Whether `exc` says that a build output could not be written (rather than a bug)."""
+    from flows.accounting import OutputError
+
+    return isinstance(exc, OutputError) or exc.errno in OUTPUT_ERRNOS
+
+
+class _OutputErrorTracebacks(logging.Filter):
+    """Drops the records of tasks and flows stopped by an output error, tracebacks included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, OSError) and output_problem(exc))
+
+
+@contextmanager
+def quiet_output_errors() -> Iterator[None]:
+    """Keep Prefect's tracebacks of an output error off the console, where the CLI reports it in one line (the
+    Prefect API still gets them)."""
+    handlers, quiet = list(logging.getLogger().handlers), _OutputErrorTracebacks()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
+def output_failure(exc: OSError, build_dir: Path) -> str:
+    """What could not be written and why, what to do, and that nothing was published."""
+    where = Path(exc.filename) if exc.filename else build_dir
+    remedy = "free some space there" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable"
+    option = "--out DIR" if where.is_relative_to(build_dir) else "--cache-dir DIR"
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return (f"cannot write {where}: {reason}. {remedy.capitalize()}, or choose another folder with "
+            f"{option}, then run the command again: the stages that completed are not run again. Nothing was "
+            f"published: the datasets in {build_dir} (if any) are as they were.")
+
+
+@contextmanager
+def one_api_server(runner: str) -> Iterator[None]:
+    """Under the Ray task runner without PREFECT_API_URL: start the temporary Prefect server here and point the
+    settings, which Ray's worker processes receive, at it; each worker would otherwise start a server of its own."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if runner != "ray" or PREFECT_API_URL.value():
+        yield
+        return
+    server = SubprocessASGIServer()
+    server.start()
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        yield
 
 
 def summary_table(results: list, stages: dict) -> Table:

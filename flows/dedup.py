@@ -21,6 +21,7 @@ not depend on the order rows are read in, and a duplicate never costs the commer
 """
 
 import json
+import shutil
 import tempfile
 import unicodedata
 from collections.abc import Sequence
@@ -34,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from flows.accounting import BATCH_ROWS, StageCounts, StageWriter, dropped_rows
+from flows.accounting import StageCounts, StageWriter, dropped_rows, parquet_batches
 from flows.filters import normalize
 from flows.minhash import MinHashParams, ParquetTexts, matches, near_duplicates
 from schemas import M3E_HQ_SCHEMA
@@ -167,6 +168,8 @@ def dedup_sources(inputs: dict[str, Path], out_dir: Path, params: DedupParams, c
     """
     names = [n for n in catalog.names if n in inputs]
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".dedup-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     stats: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".dedup-") as tmp:
         spill = Path(tmp)
@@ -203,7 +206,7 @@ def _read_keys(inputs: dict[str, Path], names: list[str], catalog: Catalog, para
     with pq.ParquetWriter(keys_path, empty.schema) as writer:
         writer.write_table(empty)
         for position, name in enumerate(names):
-            for batch in pq.ParquetFile(inputs[name]).iter_batches(batch_size=BATCH_ROWS, columns=_COLUMNS):
+            for batch in parquet_batches(inputs[name], columns=_COLUMNS):
                 keys, frame = _batch_keys(batch, position, params, eval_splits[name], eval_keys)
                 writer.write_table(keys)
                 frames.append(frame)
@@ -323,7 +326,7 @@ def _write(name: str, path: Path, out_dir: Path, decisions: _Decisions, offset: 
     at a time."""
     with StageWriter(out_dir / STAGE, STAGE, name, M3E_HQ_SCHEMA) as writer:
         start = offset
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
+        for batch in parquet_batches(path):
             table = pa.Table.from_batches([batch])
             reasons = decisions.reason[start:start + table.num_rows]
             writer.read(table.num_rows)

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.accounting import BATCH_ROWS, StageCounts, StageWriter, dropped_rows
+from flows.accounting import BATCH_ROWS, StageCounts, StageWriter, dropped_rows, parquet_batches
 from schemas import M3E_HQ_SCHEMA
 from schemas.enums import TaskType
 
@@ -264,7 +263,7 @@ def filter_source(name: str, path: Path, out_dir: Path, params: FilterParams) ->
     stage_input = f"{path.parent.name}/{path.name}"
     with StageWriter(out_dir / STAGE, STAGE, name, M3E_HQ_SCHEMA) as writer:
         offset = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
+        for batch in parquet_batches(path, BATCH_ROWS):
             table = pa.Table.from_batches([batch])
             why = reasons(table, params)
             writer.read(table.num_rows)

@@ -3,16 +3,20 @@
     rows of a pool (a source, or all sources) ─► distinct queries and distinct positives encoded once (cached)
       ─► top-k search of each query among the pool's positives (flows.search: FAISS GPU, torch CUDA or FAISS CPU)
       ─► negatives selected (flows.negatives: rank window, positive-aware margin, near-duplicate exclusion, seed)
-      ─► teacher scores of (query, positive) and each (query, negative), all pairs of the build in one pass
+      ─► teacher scores of (query, positive) and each (query, negative), a pool at a time (one teacher, one scale)
       ─► false negatives removed (a negative the teacher scores too close to the positive), pair-consistency
          filter (optional), rows left with too few negatives dropped
 
 Dropped rows (reason codes): `low_pair_score` (the teacher scores the pair below `min_pair_score`) and
 `no_negatives` (fewer than `min_negatives` negatives left; `detail` says how many the pool gave).
+
+`encode_shard` encodes one of `encode_shards` shards of the same texts into the embedding cache beforehand (one task
+per GPU), so that the mine stage finds them all cached.
 """
 
 import logging
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,6 +59,9 @@ class MineParams(BaseModel):
     passage_prompt: str = Field("", description="text put before every passage when encoding")
     device: str | None = Field(None, description="torch device (cpu, cuda, cuda:1); default cuda when available")
     batch_size: int = Field(64, ge=1, description="encoding batch size")
+    encode_shards: int = Field(1, ge=1, description="encode the texts in this many tasks (one GPU each under the "
+                               "Ray task runner) into the embedding cache before mining; 1: the mine task encodes "
+                               "them itself")
     search: Literal["auto", "faiss-gpu", "torch-cuda", "faiss-cpu"] = Field(
         "auto", description="search backend: auto takes faiss-gpu, then torch-cuda, then faiss-cpu; a backend named "
         "but not available fails")
@@ -91,42 +99,202 @@ class _Pool:
     bi_neg: np.ndarray  # (rows, num_negatives) encoder cosine of query and each negative
 
 
+@dataclass
+class _Rows:
+    """The rows of the build's filter outputs, source after source in catalog order."""
+
+    names: list[str]
+    tables: dict[str, pa.Table]
+    queries: list[str]
+    positives: list[str]
+    ids: list[str]
+    sources: np.ndarray  # each row's source name
+
+    @classmethod
+    def read(cls, inputs: dict[str, Path], catalog: Catalog) -> "_Rows":
+        names = [n for n in catalog.names if n in inputs]
+        tables = {n: pq.read_table(inputs[n]) for n in names}
+        return cls(names, tables, [q for n in names for q in tables[n]["text"].to_pylist()],
+                   [p for n in names for p in tables[n]["text_pos"].to_pylist()],
+                   [i for n in names for i in tables[n]["id"].to_pylist()],
+                   np.array([n for n in names for _ in range(tables[n].num_rows)], dtype=object))
+
+    def pools(self, pool: str) -> list[np.ndarray]:
+        """Each pool's row indices: one pool per source, or one of all rows."""
+        if pool == "source":
+            return [np.flatnonzero(self.sources == n) for n in self.names]
+        return [np.arange(len(self.queries))]
+
+
+def _pool_texts(positives: list[str], rows: np.ndarray) -> list[str]:
+    """A pool's texts: the distinct positives of its rows."""
+    return list(dict.fromkeys(positives[i] for i in rows))
+
+
+def groups(names: list[str], pool: str) -> list[list[str]]:
+    """The sources mined together: each on its own (pool "source"), or all at once (pool "all")."""
+    return [[n] for n in names] if pool == "source" else [names]
+
+
+def encode_jobs(inputs: dict[str, Path], params: MineParams, catalog: Catalog, shard: int = 0) -> list[tuple[str, str]]:
+    """The distinct (prompt, text) pairs that `mine_sources` encodes (the queries with the query prompt, each pool's
+    texts with the passage prompt) that fall in shard `shard` of `params.encode_shards` by a stable hash; the
+    sources are read a group at a time, so that a shard holds only its own texts."""
+    jobs: dict[tuple[str, str], None] = {}
+    for group in groups([n for n in catalog.names if n in inputs], params.pool):
+        rows = _Rows.read({n: inputs[n] for n in group}, catalog)
+        found = [(params.query_prompt, q) for q in rows.queries]
+        found += [(params.passage_prompt, t) for pool in rows.pools(params.pool)
+                  for t in _pool_texts(rows.positives, pool)]
+        jobs.update((job, None) for job in found if _shard_of(job, params.encode_shards) == shard)
+    return list(jobs)
+
+
+def _shard_of(job: tuple[str, str], shards: int) -> int:
+    return zlib.crc32(f"{job[0]}\x1f{job[1]}".encode("utf-8", "surrogatepass")) % shards
+
+
+def encode_shard(inputs: dict[str, Path], params: MineParams, catalog: Catalog, cache_dir: Path,
+                 shard: int) -> dict[str, int]:
+    """Encode shard `shard` (of `params.encode_shards`) of the texts `mine_sources` encodes into the embedding cache
+    under `cache_dir`, where mining then finds them; how many texts the shard had, encoded and found cached."""
+    jobs = encode_jobs(inputs, params, catalog, shard)
+    counts = {"texts": len(jobs), "encoded": 0, "cached": 0}
+    if not jobs:
+        return counts
+    by_prompt: dict[str, list[str]] = {}
+    for prompt, text in jobs:
+        by_prompt.setdefault(prompt, []).append(text)
+    model = load_encoder(params.encoder, params.device)
+    on_progress = progress.counter(f"encode shard {shard}", "texts")
+    for prompt, texts in by_prompt.items():
+        done = encode(model, texts, prompt, params.batch_size, cache_dir, params.encoder, on_progress)
+        counts["encoded"] += done.encoded
+        counts["cached"] += done.cached
+    return counts
+
+
 def mine_sources(inputs: dict[str, Path], out_dir: Path, params: MineParams, catalog: Catalog,
                  cache_dir: Path | None = None) -> MineResult:
-    """Mine the filter outputs `inputs` (source -> Parquet) into `out_dir/mine/` in the m3e-hq-with-score schema."""
-    names = [n for n in catalog.names if n in inputs]
-    tables = {n: pq.read_table(inputs[n]) for n in names}
-    queries = [q for n in names for q in tables[n]["text"].to_pylist()]
-    positives = [p for n in names for p in tables[n]["text_pos"].to_pylist()]
-    ids = [i for n in names for i in tables[n]["id"].to_pylist()]
-    sources = np.array([n for n in names for _ in range(tables[n].num_rows)], dtype=object)
-    stats: dict[str, Any] = {"encoder": params.encoder, "teacher": params.teacher, "pool": params.pool}
-    if not queries:
-        return MineResult([_write(n, tables[n], out_dir, {}, {}) for n in names], stats)
+    """Mine the filter outputs `inputs` (source -> Parquet) into `out_dir/mine/` in the m3e-hq-with-score schema.
 
+    One pool at a time (a source; all sources with pool="all"), each written before the next is read, so that
+    memory holds one pool's rows and embeddings, not the build's."""
+    names = [n for n in catalog.names if n in inputs]
+    stats: dict[str, Any] = {"encoder": params.encoder, "teacher": params.teacher, "pool": params.pool}
+    models = _Models(params)
+    totals = _Totals()
+    counts = [c for group in groups(names, params.pool)
+              for c in _mine_group(_Rows.read({n: inputs[n] for n in group}, catalog), out_dir, params, cache_dir,
+                                   models, totals)]
+    if totals.rows:
+        stats.update(totals.stats(params, models))
+    return MineResult(counts, stats)
+
+
+def merge(results: list[MineResult]) -> MineResult:
+    """One result for the build from the results of its pool groups (mined apart, e.g. as separate tasks): counts
+    in order, figures added up, score distributions read back from the written rows."""
+    counts = [c for r in results for c in r.counts]
+    stats: dict[str, Any] = dict(results[0].stats) if results else {}
+    mined = [r.stats for r in results if "encode" in r.stats]
+    if len(results) > 1 and mined:
+        for name in ("encode", "candidates"):
+            stats[name] = {}
+            for figures in mined:
+                _add(stats[name], figures[name])
+        stats["search_backend"] = sorted({b for figures in mined for b in figures["search_backend"]})
+        for name in ("mine_seconds", "teacher_seconds", "false_negatives_removed", "rows_short", "teacher_oom_splits"):
+            if name in mined[0]:
+                stats[name] = round(sum(figures[name] for figures in mined), 3)
+        pos, neg = [], []
+        for c in counts:
+            scores = pq.read_table(c.kept_path, columns=["score_pos", "score_neg"])
+            pos.append(scores["score_pos"].to_numpy())
+            neg.append(pc.list_flatten(scores["score_neg"]).to_numpy())
+        stats["scores"] = {"scale": mined[0]["scores"]["scale"], "positive": _distribution(pos),
+                           "negative": _distribution(neg)}
+    return MineResult(counts, stats)
+
+
+class _Models:
+    """The encoder and the cross-encoder teacher, each loaded once, when first needed."""
+
+    def __init__(self, params: MineParams) -> None:
+        self.params = params
+        self._encoder: Any = None
+        self._teacher: CrossEncoderTeacher | None = None
+
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            self._encoder = load_encoder(self.params.encoder, self.params.device)
+        return self._encoder
+
+    def teacher(self) -> CrossEncoderTeacher:
+        if self._teacher is None:
+            p = self.params
+            self._teacher = CrossEncoderTeacher(p.teacher, p.device, p.teacher_batch_size)
+        return self._teacher
+
+
+@dataclass
+class _Totals:
+    """What the pools mined, added up for the manifest's `mine` statistics."""
+
+    rows: int = 0
+    encode: dict[str, int] = field(default_factory=dict)
+    candidates: dict[str, int] = field(default_factory=dict)
+    backends: set[str] = field(default_factory=set)
+    mine_seconds: float = 0.0
+    teacher_seconds: float = 0.0
+    false_negatives: int = 0
+    rows_short: int = 0
+    scale: str = ""
+    pos: list[np.ndarray] = field(default_factory=list)  # kept rows' teacher scores, float32
+    neg: list[np.ndarray] = field(default_factory=list)
+
+    def stats(self, params: MineParams, models: "_Models") -> dict[str, Any]:
+        out = {"encode": self.encode, "search_backend": sorted(self.backends), "candidates": self.candidates,
+               "mine_seconds": round(self.mine_seconds, 3), "teacher_seconds": round(self.teacher_seconds, 3),
+               "false_negatives_removed": self.false_negatives, "rows_short": self.rows_short,
+               "scores": {"scale": self.scale, "positive": _distribution(self.pos),
+                          "negative": _distribution(self.neg)}}
+        if params.teacher != BI_ENCODER:
+            out["teacher_oom_splits"] = models.teacher().oom_splits
+        return out
+
+
+def _add(into: dict[str, int], figures: dict[str, int]) -> None:
+    for name, value in figures.items():
+        into[name] = into.get(name, 0) + value
+
+
+def _mine_group(data: "_Rows", out_dir: Path, params: MineParams, cache_dir: Path | None, models: _Models,
+                totals: _Totals) -> list[StageCounts]:
+    """Mine one group of sources (whose pools are `data.pools`) and write their outputs."""
+    names, tables, queries, positives, ids = data.names, data.tables, data.queries, data.positives, data.ids
+    if not queries:
+        return [_write(n, tables[n], out_dir, {}, {}) for n in names]
+    totals.rows += len(queries)
     start = time.perf_counter()
-    model = load_encoder(params.encoder, params.device)
+    model = models.encoder()
     embedded_queries = encode(model, queries, params.query_prompt, params.batch_size, cache_dir, params.encoder,
                               progress.counter("encode queries", "texts"))
-    stats["encode"] = {"queries": embedded_queries.distinct, "queries_cached": embedded_queries.cached}
-    groups = [np.flatnonzero(sources == n) for n in names] if params.pool == "source" else [np.arange(len(queries))]
-    pools, totals, backends = [], {}, set()
+    _add(totals.encode, {"queries": embedded_queries.distinct, "queries_cached": embedded_queries.cached})
+    pools = []
     passage_progress = progress.counter("encode passages", "texts")
-    for rows in groups:
+    for rows in data.pools(params.pool):
         pool, batch_totals, backend = _mine_pool(rows, queries, positives, ids, embedded_queries.vectors, model,
-                                                 params, cache_dir, stats["encode"], passage_progress)
+                                                 params, cache_dir, totals.encode, passage_progress)
         pools.append(pool)
-        backends.add(backend)
-        for name, value in batch_totals.items():
-            totals[name] = totals.get(name, 0) + value
-    stats["search_backend"] = sorted(backends)
-    stats["candidates"] = totals
-    stats["mine_seconds"] = round(time.perf_counter() - start, 3)
+        totals.backends.add(backend)
+        _add(totals.candidates, batch_totals)
+    totals.mine_seconds += time.perf_counter() - start
 
     start = time.perf_counter()
-    scored = _teacher_scores(pools, queries, positives, params)
-    stats["teacher_seconds"] = round(time.perf_counter() - start, 3)
-    kept, dropped = _decide(pools, scored, params, len(queries), stats)
+    scored = _teacher_scores(pools, queries, positives, params, models)
+    totals.teacher_seconds += time.perf_counter() - start
+    kept, dropped = _decide(pools, scored, params, len(queries), totals)
     offsets = np.cumsum([0] + [tables[n].num_rows for n in names])
     counts = []
     for n, lo, hi in zip(names, offsets[:-1], offsets[1:], strict=True):
@@ -134,14 +302,14 @@ def mine_sources(inputs: dict[str, Path], out_dir: Path, params: MineParams, cat
         source_dropped = {i - lo: v for i, v in dropped.items() if lo <= i < hi}
         counts.append(_write(n, tables[n], out_dir, source_kept, source_dropped, scored["teacher"],
                              scored["scale"]))
-    return MineResult(counts, stats)
+    return counts
 
 
 def _mine_pool(rows: np.ndarray, queries: list[str], positives: list[str], ids: list[str], query_vectors: np.ndarray,
                model: Any, params: MineParams, cache_dir: Path | None, encode_stats: dict[str, int],
                on_progress: Callable[[int], None] | None) -> tuple[_Pool, dict[str, int], str]:
     """Search and select the negatives of one pool's rows."""
-    texts = list(dict.fromkeys(positives[i] for i in rows))
+    texts = _pool_texts(positives, rows)
     position = {t: i for i, t in enumerate(texts)}
     pos_idx = np.array([position[positives[i]] for i in rows], dtype=np.int64)
     passages = encode(model, texts, params.passage_prompt, params.batch_size, cache_dir, params.encoder,
@@ -162,13 +330,13 @@ def _mine_pool(rows: np.ndarray, queries: list[str], positives: list[str], ids: 
     return _Pool(rows, texts, negatives.idx, bi_pos, negatives.scores), negatives.totals(), backend
 
 
-def _teacher_scores(pools: list[_Pool], queries: list[str], positives: list[str],
-                    params: MineParams) -> dict[str, Any]:
+def _teacher_scores(pools: list[_Pool], queries: list[str], positives: list[str], params: MineParams,
+                    models: _Models) -> dict[str, Any]:
     """Teacher scores of every row's (query, positive) and (query, negative) pairs, on one scale."""
     if params.teacher == BI_ENCODER:
         return {"teacher": f"{BI_ENCODER}:{params.encoder}", "scale": COSINE_SCALE,
                 "pos": [p.bi_pos for p in pools], "neg": [p.bi_neg for p in pools]}
-    teacher = CrossEncoderTeacher(params.teacher, params.device, params.teacher_batch_size)
+    teacher = models.teacher()
     pairs: list[tuple[str, str]] = []
     for p in pools:
         pairs += [(queries[i], positives[i]) for i in p.rows]
@@ -184,13 +352,12 @@ def _teacher_scores(pools: list[_Pool], queries: list[str], positives: list[str]
         neg[mask] = flat[at:at + int(mask.sum())]
         at += int(mask.sum())
         neg_scores.append(neg)
-    return {"teacher": params.teacher, "scale": teacher.scale, "pos": pos_scores, "neg": neg_scores,
-            "oom_splits": teacher.oom_splits}
+    return {"teacher": params.teacher, "scale": teacher.scale, "pos": pos_scores, "neg": neg_scores}
 
 
 def _decide(pools: list[_Pool], scored: dict[str, Any], params: MineParams, n: int,
-            stats: dict[str, Any]) -> tuple[dict[int, dict], dict[int, tuple[str, str]]]:
-    """Per build row: its negatives and scores (kept), or a reason and detail (dropped)."""
+            totals: _Totals) -> tuple[dict[int, dict], dict[int, tuple[str, str]]]:
+    """Per row of the group: its negatives and scores (kept), or a reason and detail (dropped)."""
     kept: dict[int, dict] = {}
     dropped: dict[int, tuple[str, str]] = {}
     false_negatives = 0
@@ -215,21 +382,20 @@ def _decide(pools: list[_Pool], scored: dict[str, Any], params: MineParams, n: i
                          "score_neg": [float(s) for s in neg[r, cols]]}
             all_pos.append(pos[r])
             all_neg.extend(neg[r, cols].tolist())
-    stats["false_negatives_removed"] = false_negatives
-    stats["rows_short"] = sum(1 for v in kept.values() if len(v["text_neg"]) < params.negatives.num_negatives)
-    stats["scores"] = {"scale": scored["scale"], "positive": _distribution(all_pos),
-                       "negative": _distribution(all_neg)}
-    if "oom_splits" in scored:
-        stats["teacher_oom_splits"] = scored["oom_splits"]
+    totals.false_negatives += false_negatives
+    totals.rows_short += sum(1 for v in kept.values() if len(v["text_neg"]) < params.negatives.num_negatives)
+    totals.scale = scored["scale"]
+    totals.pos.append(np.asarray(all_pos, dtype=np.float32))
+    totals.neg.append(np.asarray(all_neg, dtype=np.float32))
     assert len(kept) + len(dropped) == n
     return kept, dropped
 
 
-def _distribution(values: list[float]) -> dict[str, float | int]:
+def _distribution(parts: list[np.ndarray]) -> dict[str, float | int]:
     """Count, mean and quantiles of scores."""
-    if not values:
+    array = np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+    if not len(array):
         return {"count": 0}
-    array = np.asarray(values, dtype=np.float64)
     quantiles = np.quantile(array, [0.05, 0.25, 0.5, 0.75, 0.95])
     return {"count": len(array), "mean": round(float(array.mean()), 4),
             **{f"p{q}": round(float(v), 4) for q, v in zip((5, 25, 50, 75, 95), quantiles, strict=True)}}

@@ -31,6 +31,8 @@ from datasketch import MinHash
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from flows.accounting import parquet_batches
+
 U32 = np.uint32
 U64 = np.uint64
 
@@ -265,7 +267,7 @@ class Clusters:
     candidates: int
 
 
-BATCH_TEXTS = 262_144
+BATCH_TEXTS = 65_536
 
 
 class ParquetTexts:
@@ -282,7 +284,7 @@ class ParquetTexts:
     def batches(self) -> Iterator[tuple[int, list[str]]]:
         """(position of the batch's first text, its texts), in order."""
         start = 0
-        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=BATCH_TEXTS, columns=[self.column]):
+        for batch in parquet_batches(self.path, BATCH_TEXTS, [self.column]):
             end = start + batch.num_rows
             lo, hi = np.searchsorted(self.rows, [start, end])
             if hi > lo:
@@ -294,7 +296,7 @@ class ParquetTexts:
         wanted = self.rows[positions]
         out: list[str] = []
         start = 0
-        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=BATCH_TEXTS, columns=[self.column]):
+        for batch in parquet_batches(self.path, BATCH_TEXTS, [self.column]):
             end = start + batch.num_rows
             lo, hi = np.searchsorted(wanted, [start, end])
             if hi > lo:

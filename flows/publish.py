@@ -215,10 +215,12 @@ def publish(build_dir: Path, out_dir: Path, params: PublishParams, catalog: Cata
     """Publish the build in `build_dir` as `out_dir/m3e-hq/` and `out_dir/m3e-hq-with-score/`.
 
     Both folders are built completely before either replaces its predecessor; an error before then leaves the
-    previous publish as it was and no temporary folder behind."""
+    previous publish as it was and no temporary folder behind. What a publish killed midway left is cleared first."""
     manifest = read_manifest(build_dir)
     sources, excluded = plan_sources(manifest, catalog, params)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in (M3E_HQ, WITH_SCORE):
+        recover(out_dir / name)
     staged: dict[str, Path] = {}
     try:  # on success the staged folders have been renamed away and the clean-up finds nothing
         for name in (M3E_HQ, WITH_SCORE):
@@ -281,7 +283,7 @@ def read_source(build_dir: Path, stage: str, source: str, manifest: dict[str, An
     allows it. The file must hold the rows the manifest counts, all of this source."""
     path = build_dir / stage / f"{source}.parquet"
     expected = stage_kept(manifest, stage, source)
-    parquet = pq.ParquetFile(path)
+    parquet = pq.ParquetFile(path, pre_buffer=False)
     if parquet.metadata.num_rows != expected:
         raise ValueError(f"{path} has {parquet.metadata.num_rows} rows but the manifest says {expected}: the files "
                          f"and the manifest come from different builds")
@@ -488,6 +490,18 @@ def write_sums(folder: Path) -> dict[str, str]:
     sums = {p.relative_to(folder).as_posix(): sha256(p) for p in files}
     (folder / SUMS_NAME).write_text("".join(f"{digest}  {rel}\n" for rel, digest in sums.items()), encoding="utf-8")
     return sums
+
+
+def recover(final: Path) -> None:
+    """Clear what a publish killed before it finished left beside `final`: its staged folders, and the previous
+    folder it had moved aside, which is put back when nothing replaced it."""
+    for staged in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(staged)
+    for old in final.parent.glob(f".{final.name}.old-*"):
+        if final.exists():
+            shutil.rmtree(old)
+        else:
+            old.rename(final)
 
 
 def swap_in(staged: Path, final: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from sources.download_hub import endpoint
+from sources.download_hub import endpoint, headers
 
 CHECKSUMS = "SHA256SUMS"
 log = logging.getLogger("m3e_hq.push")
@@ -46,7 +46,7 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False, token: str | 
     if repo_id.count("/") != 1:
         raise PushError(f"--push-to-hub takes ORG/NAME, got {repo_id!r}")
     files = verify(folder)
-    api = HfApi(endpoint=endpoint(), token=token)
+    api = HfApi(endpoint=endpoint(), token=token, headers=headers())
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",

@@ -6,9 +6,11 @@ downloaded (allow-patterns select data files only) and `datasets` never runs the
 A pinned revision is used as is; an unpinned `ref` (a branch such as `main`, or `refs/convert/parquet`, where the
 Hub keeps its Parquet conversion of script-only datasets) is resolved to its current commit first, and that commit
 is what gets downloaded and recorded. `HF_ENDPOINT` (a mirror, or a local stand-in in the tests) is read at call
-time; `HF_TOKEN` and `HF_HUB_OFFLINE` work as in huggingface_hub.
+time; `HF_TOKEN` and `HF_HUB_OFFLINE` work as in huggingface_hub. A user:password in `HF_ENDPOINT` (a mirror behind
+basic auth) is sent as a header, never as part of a URL, so it appears in no log or error message.
 """
 
+import base64
 import os
 import time
 from pathlib import Path
@@ -36,8 +38,19 @@ class HubError(RuntimeError):
 
 
 def endpoint() -> str | None:
-    """The Hub endpoint from $HF_ENDPOINT (None: huggingface_hub's default)."""
-    return os.environ.get("HF_ENDPOINT") or None
+    """The Hub endpoint from $HF_ENDPOINT (None: huggingface_hub's default), without the user:password a mirror's URL
+    may hold: `headers` sends those, so that no URL huggingface_hub logs or puts in an error message carries them."""
+    url = os.environ.get("HF_ENDPOINT")
+    return str(httpx2.URL(url).copy_with(username=None, password=None)) if url else None
+
+
+def headers() -> dict[str, str] | None:
+    """HTTP basic auth with the user:password of $HF_ENDPOINT when it holds one (it takes the place of HF_TOKEN)."""
+    url = httpx2.URL(os.environ.get("HF_ENDPOINT") or "")
+    if not url.username:
+        return None
+    credentials = base64.b64encode(f"{url.username}:{url.password}".encode()).decode()
+    return {"authorization": f"Basic {credentials}"}
 
 
 def _transient(exc: BaseException) -> bool:
@@ -66,7 +79,7 @@ def resolve_revision(obtain: HubObtain) -> str:
     """The commit to download: the pinned revision, else the current commit of `ref`."""
     if obtain.revision:
         return obtain.revision
-    info = HfApi(endpoint=endpoint()).dataset_info(obtain.repo, revision=obtain.ref)
+    info = HfApi(endpoint=endpoint(), headers=headers()).dataset_info(obtain.repo, revision=obtain.ref)
     if not info.sha:
         raise HubError(f"the Hub did not say which commit {obtain.repo}@{obtain.ref} is")
     return info.sha
@@ -84,7 +97,8 @@ def fetch_hub(obtain: HubObtain, folder: Path, *, retries: int = 3, backoff: flo
         try:
             revision = resolve_revision(obtain)
             snapshot_download(obtain.repo, repo_type="dataset", revision=revision,
-                              allow_patterns=obtain.allow_patterns, local_dir=folder, endpoint=endpoint())
+                              allow_patterns=obtain.allow_patterns, local_dir=folder, endpoint=endpoint(),
+                              headers=headers())
             return revision
         except PROBLEMS as exc:
             if attempt >= retries or not _transient(exc):

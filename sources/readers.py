@@ -56,7 +56,7 @@ def _open_binary(path: Path):
 
 def _read_parquet(file: SourceFile) -> Iterator[NativeRecord]:
     try:
-        parquet = pq.ParquetFile(file.path)
+        parquet = pq.ParquetFile(file.path, pre_buffer=False)  # pre-buffering keeps every chunk read in memory
         batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS)
         index = 0
         for batch in batches:

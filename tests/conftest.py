@@ -1,5 +1,5 @@
 """Shared fixtures: the catalog, one build of every shipped sample (plain functions, no Prefect), tiny random BERT
-models for mining, and a local stand-in for the Hub serving the samples."""
+models for mining, a local stand-in for the Hub serving the samples, and a Prefect server in a subprocess."""
 
 import hashlib
 import shutil
@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 from mockhub import MockHub
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
+from prefect.settings import PREFECT_API_URL, PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+from prefect_server import Server, running_server
 
 from flows.build import build_sources
 from flows.mine import MineParams
@@ -78,3 +82,21 @@ def mock_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, catalog: Catalog) 
 def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never write to the user's cache (downloads, embeddings): the default cache is a temporary folder."""
     monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "m3e-hq-cache"))
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A Prefect server in a subprocess, with its own PREFECT_HOME (database, storage) in a temporary folder."""
+    with running_server(tmp_path_factory.mktemp("prefect-home")) as running:
+        yield running
+
+
+@pytest.fixture
+def prefect_api(server: Server, tmp_path: Path) -> Iterator[Path]:
+    """This process talks to the server; results not kept in a build folder go to a temporary one. Logs and events
+    are sent before the server stops (else the process waits for it at exit)."""
+    storage = tmp_path / "prefect-storage"
+    with temporary_settings({PREFECT_API_URL: server.url, PREFECT_RESULTS_LOCAL_STORAGE_PATH: storage}):
+        yield storage
+        APILogWorker.drain_all()
+        EventsWorker.drain_all()

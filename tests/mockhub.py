@@ -17,7 +17,8 @@ Uploads need an `Authorization: Bearer <token>` header; `tokens` collects the to
 
 Each repo has commits (a sha and the folder holding its files) and refs (a name such as `main` or
 `refs/convert/parquet`, pointing at a sha). Unknown repos, revisions and files get 404 with the X-Error-Code the Hub
-sends. `fail` makes the next n requests "METHOD path" answer 500; `requests` logs every request as "METHOD path".
+sends. `fail` makes the next n requests "METHOD path" answer 500, `refuse` every such request 403; `requests` logs
+every request as "METHOD path".
 """
 
 import base64
@@ -49,7 +50,8 @@ class MockHub:
         self.fail: dict[str, int] = {}
         self.requests: list[str] = []
         self.tokens: set[str] = set()
-        self.refuse: set[str] = set()  # "POST path" requests answered 403
+        self.downloads_auth: set[str] = set()  # the Authorization headers of downloads (GET, HEAD)
+        self.refuse: set[str] = set()  # "METHOD path" requests answered 403
         self._uploads = Path(tempfile.mkdtemp(prefix="mockhub-"))
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -157,10 +159,13 @@ def _handler(hub: MockHub) -> type[BaseHTTPRequestHandler]:
             url = urlsplit(self.path)
             request = f"{self.command} {unquote(url.path)}"
             hub.requests.append(request)
+            hub.downloads_auth.add(self.headers.get("Authorization", ""))
             parts = [unquote(p) for p in url.path.strip("/").split("/")]
             if hub.fail.get(request, 0) > 0:
                 hub.fail[request] -= 1
                 return self._json({"error": "injected failure"}, body, 500)
+            if request in hub.refuse:
+                return self._json({"error": "Access to this resource is denied"}, body, 403)
             if parts[:2] == ["api", "datasets"] and len(parts) >= 6:
                 repo_id, action, rev, rest = "/".join(parts[2:4]), parts[4], parts[5], "/".join(parts[6:])
             elif parts[:1] == ["datasets"] and len(parts) >= 6 and parts[3] == "resolve":

@@ -9,13 +9,8 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
 
@@ -23,9 +18,8 @@ import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-from prefect.events.worker import EventsWorker
-from prefect.logging.handlers import APILogWorker
-from prefect.settings import PREFECT_API_URL, PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect_server import BIN, Server, free_port, stop, wait_until
 from typer.testing import CliRunner
 
 from flows import download, filters, ingest
@@ -38,79 +32,7 @@ from sources.fetch import Obtained
 from sources.layout import SAMPLES_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 DEPLOYMENT = "build-m3e-hq/build-m3e-hq"
-
-
-@dataclass
-class Server:
-    url: str
-    env: dict[str, str]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(process: subprocess.Popen) -> None:
-    """End a subprocess this test started (and its children, in its own session)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str, process: subprocess.Popen, log: Path) -> None:
-    """Wait for `check` while `process` runs; fail with the end of its log on a timeout or when it exits."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"{what} (exit code {process.poll()}):\n{log.read_text(errors='replace')[-4000:]}")
-        time.sleep(0.5)
-
-
-def healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A Prefect server in a subprocess, with its own PREFECT_HOME (database, storage) in a temporary folder."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": url, "DO_NOT_TRACK": "1",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false",
-           "PREFECT_RUNNER_POLL_FREQUENCY": "1", "PREFECT_WORKER_QUERY_SECONDS": "1",
-           "M3E_HQ_CACHE": str(home / "m3e-hq-cache"), "HF_HOME": str(home / "hf"), "HF_HUB_OFFLINE": "1"}
-    log = home / "server.log"
-    with log.open("w") as out:
-        process = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port),
-                                    "--no-ui"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_until(lambda: healthy(url), 90, "the Prefect server did not start", process, log)
-        yield Server(url, env)
-    finally:
-        stop(process)
-
-
-@pytest.fixture
-def prefect_api(server: Server, tmp_path: Path) -> Iterator[Path]:
-    """This process talks to the server; results not kept in a build folder go to a temporary one. Logs and events
-    are sent before the server stops (else the process waits for it at exit)."""
-    storage = tmp_path / "prefect-storage"
-    with temporary_settings({PREFECT_API_URL: server.url, PREFECT_RESULTS_LOCAL_STORAGE_PATH: storage}):
-        yield storage
-        APILogWorker.drain_all()
-        EventsWorker.drain_all()
 
 
 @pytest.fixture(scope="module")

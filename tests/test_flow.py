@@ -46,12 +46,35 @@ def test_a_failing_source_does_not_stop_the_others(prefect_server, tmp_path, mon
     monkeypatch.setitem(adapters.ADAPTERS, "squad", broken)
     result = CliRunner().invoke(app, ["build", "--samples", "-s", "Chinese-SQuAD,SimCLUE", "--out", str(tmp_path)])
     assert result.exit_code == 1, result.output
-    assert "Chinese-SQuAD: failed" in result.output and "adapter exploded" in result.output
+    assert "Chinese-SQuAD: failed — ValueError: adapter exploded" in result.output
+    assert result.output.rstrip().splitlines()[-1] == ("error: 1 of 2 sources failed: Chinese-SQuAD (why above); the "
+                                                      "other sources were built")
     manifest = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["sources"]["Chinese-SQuAD"]["status"] == "failed"
     assert manifest["sources"]["SimCLUE"]["status"] == "ok"
     assert (tmp_path / "ingest" / "SimCLUE.parquet").exists()
     assert not (tmp_path / "ingest" / "Chinese-SQuAD.parquet").exists()
+
+
+def test_a_failed_download_is_reported_and_the_other_sources_published(prefect_server, mock_hub, tmp_path,
+                                                                        tiny_encoder):
+    del mock_hub.repos["hfl/cmrc2018"]  # taken down: a permanent failure, reported at once
+    mock_hub.fail["GET /api/datasets/clue/clue/revision/main"] = 1  # a transient one, retried by huggingface_hub
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["build", "-s", "cmrc2018,ocnli,lcqmc", "--out", str(out), "--cache-dir",
+                                      str(tmp_path / "cache"), "--manual-dir", str(tmp_path / "manual"),
+                                      "--encoder", str(tiny_encoder)])
+    assert result.exit_code == 1, result.output
+    output = result.output.replace("\n", "")
+    assert "cmrc2018: failed — HubError: dataset repo hfl/cmrc2018 not found on the Hub" in output
+    assert output.rstrip().endswith("error: 1 of 3 sources failed: cmrc2018 (why above); the other sources were built")
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert {s: r["status"] for s, r in manifest["sources"].items()} == {"cmrc2018": "failed", "ocnli": "ok",
+                                                                         "lcqmc": "ok"}
+    assert mock_hub.fail == {"GET /api/datasets/clue/clue/revision/main": 0}  # ocnli got past its failure
+    assert "not found on the Hub" in manifest["sources"]["cmrc2018"]["message"]
+    published = {p.name for p in (out / "m3e-hq" / "data").iterdir()}
+    assert published == {"ocnli", "lcqmc"}
 
 
 def test_missing_sources_are_reported_with_what_to_do(prefect_server, tmp_path):

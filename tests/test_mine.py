@@ -13,7 +13,7 @@ from test_dedup import rows_of
 
 from flows.dedup import key
 from flows.encode import encode, load_encoder
-from flows.mine import NO_NEGATIVES, MineParams, mine_sources
+from flows.mine import NO_NEGATIVES, MineParams, merge, mine_sources
 from flows.negatives import NegativeParams
 from flows.teacher import CrossEncoderTeacher
 from schemas import M3E_HQ_SCHEMA, M3E_HQ_WITH_SCORE_SCHEMA
@@ -180,3 +180,21 @@ def test_fast_encoding_equals_sentence_transformers_encode(tiny_encoder, prompt)
     got = embed(model, texts, prompt, max_tokens=300, max_texts=4, on_progress=seen.append)  # small batches
     assert np.allclose(got, want, atol=1e-5)
     assert sum(seen) == len(texts) and len(seen) > 5
+
+
+def test_sources_mined_apart_and_merged_equal_one_run(two_sources, catalog, tiny_encoder, tmp_path_factory):
+    folder, inputs = two_sources
+    params = MineParams(encoder=str(tiny_encoder), negatives=SMALL)
+    whole = mine_sources(inputs, folder, params, catalog, folder / "cache")
+    apart_dir = tmp_path_factory.mktemp("apart")
+    parts = [mine_sources({name: inputs[name]}, apart_dir, params, catalog, apart_dir / "cache")
+             for name in ("webqa", "lawzhidao")]  # catalog order, as the flow's tasks
+    merged = merge(parts)
+    timing = ("mine_seconds", "teacher_seconds")
+    assert {k: v for k, v in merged.stats.items() if k not in timing} == {
+        k: v for k, v in whole.stats.items() if k not in timing}
+    assert [(c.source, c.read, c.kept, c.dropped) for c in merged.counts] == [
+        (c.source, c.read, c.kept, c.dropped) for c in whole.counts]
+    for name in inputs:
+        assert pq.read_table(apart_dir / "mine" / f"{name}.parquet").equals(
+            pq.read_table(folder / "mine" / f"{name}.parquet"))

@@ -269,6 +269,25 @@ def test_a_failed_publish_leaves_the_previous_one_intact(build_dir, catalog, off
     assert any(f.startswith("plots/") for f in result.m3e_hq.files)
 
 
+def test_what_a_killed_publish_left_is_cleared_and_the_previous_folder_put_back(build_dir, catalog, monkeypatch,
+                                                                                 tmp_path):
+    out = tmp_path / "out"
+    publish(build_dir, out, PublishParams(plots=False), catalog)
+    before = (out / M3E_HQ / SUMS_NAME).read_text()
+    (out / M3E_HQ).rename(out / f".{M3E_HQ}.old-0123456789ab")  # killed between moving it aside and the swap
+    shutil.copytree(out / WITH_SCORE, out / f".{WITH_SCORE}.tmp-0123456789ab")  # and a staged folder left
+
+    def crash(_table: pa.Table) -> pa.Table:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(publish_module, "triplets", crash)  # and this publish fails too
+    with pytest.raises(OSError, match="disk full"):
+        publish(build_dir, out, PublishParams(plots=False), catalog)
+    assert sorted(p.name for p in out.iterdir()) == [M3E_HQ, WITH_SCORE]
+    assert (out / M3E_HQ / SUMS_NAME).read_text() == before
+    check_sums(out / M3E_HQ)
+
+
 def check_sums(folder: Path) -> None:
     """SHA256SUMS lists every other file of the folder, each with its sha256."""
     listed = {}

@@ -1,0 +1,228 @@
+"""Faults of a real build: `m3e-hq build --samples` in a subprocess against a Prefect server.
+
+- Killed with SIGKILL at several points (while ingesting, in dedup, while encoding for the mine stage, while
+  publishing), each time run again: no output left looks complete when it is not, each re-run reuses the stages
+  completed before, and the datasets finally published equal those of an uninterrupted build.
+- A full disk (mid-stage or while publishing; tests/faulty_cli.py) and a build folder that cannot be written (in this
+  process): one clear error, exit status 3, no traceback, nothing partial published and the datasets published before
+  untouched.
+"""
+
+import errno
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from prefect_server import BIN, Server
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.push import verify
+
+FAULTY_CLI = Path(__file__).with_name("faulty_cli.py")
+DATASETS = ("m3e-hq", "m3e-hq-with-score")
+CREATED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00")  # the manifest's `created`, quoted by the cards
+
+
+def command(out: Path, encoder: Path, *extra: str) -> list[str]:
+    return ["build", "--samples", "--out", str(out), "--cache-dir", str(out.parent / f"{out.name}-cache"),
+            "--encoder", str(encoder), *extra]
+
+
+def run(server: Server, args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The CLI to the end (on a full disk when `env` sets M3E_HQ_FULL_DISK)."""
+    program = [sys.executable, str(FAULTY_CLI)] if env else [str(BIN / "m3e-hq")]
+    return subprocess.run([*program, *args], env={**server.env, **(env or {})}, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def kill_when(server: Server, args: list[str], marker: Callable[[], bool], log: Path) -> None:
+    """Run the CLI and SIGKILL its process group the moment `marker` holds."""
+    assert not marker()
+    with log.open("w") as out:
+        process = subprocess.Popen([str(BIN / "m3e-hq"), *args], env=server.env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not marker():
+        if process.poll() is not None or time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise AssertionError(f"ended before the kill point ({process.poll()}):\n{log.read_text()[-4000:]}")
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+
+
+def nothing_half_written(out: Path, cache: Path) -> None:
+    """Every file under a final name is complete; unfinished ones are hidden (a `.` name), as are staged folders."""
+    for root in (out, cache):
+        for path in root.rglob("*"):
+            check_left(path, hidden=any(part.startswith(".") for part in path.relative_to(root).parts))
+    for name in DATASETS:
+        if (out / name).exists():
+            verify(out / name)  # every file as its SHA256SUMS lists
+
+
+def check_left(path: Path, hidden: bool) -> None:
+    """A file or folder left by a killed build: temporary and staged ones are hidden, the others complete."""
+    if ".tmp" in path.name or ".old-" in path.name:
+        assert path.name.startswith("."), path
+    if hidden or not path.is_file():
+        return
+    if path.suffix == ".parquet":
+        pq.read_table(path)  # a truncated file raises
+    elif path.suffix == ".json":
+        json.loads(path.read_text(encoding="utf-8"))
+    elif path.suffix == ".npz":
+        with np.load(path) as chunk:
+            assert len(chunk["keys"]) == len(chunk["vectors"])
+
+
+def stamps(*folders: Path, pattern: str = "*.parquet") -> dict[Path, int]:
+    """The modification time of every file matching `pattern` in `folders`, each of which must hold one."""
+    files = {p: p.stat().st_mtime_ns for folder in folders for p in folder.rglob(pattern)}
+    assert all(any(p.is_relative_to(folder) for p in files) for folder in folders), folders
+    return files
+
+
+def unchanged(files: dict[Path, int]) -> bool:
+    return {p: p.stat().st_mtime_ns for p in files} == files
+
+
+def content(path: Path) -> Any:
+    """What a published file holds, for comparing two builds: tables sorted (by id where rows have one), cards
+    without the build date, JSON Lines as sorted lines; plots and checksums (which cover the card) left out."""
+    if path.suffix == ".parquet":
+        table = pq.read_table(path)
+        keys = ["id"] if "id" in table.column_names else table.column_names
+        return table.sort_by([(k, "ascending") for k in keys]).to_pylist()
+    if path.suffix == ".jsonl":
+        return sorted(path.read_text(encoding="utf-8").splitlines())
+    if path.name == "README.md":
+        return CREATED.sub("<created>", path.read_text(encoding="utf-8"))
+    return None
+
+
+def published(out: Path) -> dict[str, Any]:
+    return {p.relative_to(out).as_posix(): content(p) for name in DATASETS for p in sorted((out / name).rglob("*"))
+            if p.is_file()}
+
+
+def stage_counts(out: Path) -> dict[str, Any]:
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    return {stage: {s: (c["read"], c["kept"], c["dropped"]) for s, c in counts["sources"].items()}
+            for stage, counts in manifest["stages"].items()}
+
+
+def test_a_build_killed_at_any_point_resumes_to_the_same_datasets(server, tiny_encoder, tmp_path):
+    reference = tmp_path / "reference"
+    done = run(server, command(reference, tiny_encoder))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    out = tmp_path / "out"
+    cache = tmp_path / "out-cache"
+    args = command(out, tiny_encoder)
+    kill_points: list[tuple[str, Callable[[], bool], tuple[str, ...]]] = [
+        # (where, when to kill, the stage folders complete by then, which the next run must not write again)
+        ("ingest", lambda: any((out / "ingest").glob("*.parquet")), ()),
+        ("dedup", lambda: (out / "dedup").is_dir(), ("ingest",)),
+        ("encoding", lambda: any(cache.glob("embeddings/*/chunk-*.npz")), ("ingest", "dedup", "filter")),
+        ("publish", lambda: any(out.glob(".m3e-hq-with-score.tmp-*/data")), ("ingest", "dedup", "filter", "mine")),
+    ]
+    done_before: dict[Path, int] = {}
+    for where, marker, stages in kill_points:
+        kill_when(server, args, marker, tmp_path / f"killed-in-{where}.log")
+        assert unchanged(done_before), f"the run killed in {where} wrote again what an earlier run completed"
+        nothing_half_written(out, cache)
+        done_before = stamps(*(out / s for s in stages))
+        if where == "encoding":
+            done_before |= stamps(cache / "embeddings", pattern="chunk-*.npz")
+    assert not (out / "m3e-hq").exists() and any(out.glob(".m3e-hq.tmp-*"))  # killed before its swap
+
+    done = run(server, args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert unchanged(done_before)  # every stage came from the runs before
+    assert not list(out.glob(".m3e-hq*"))  # the killed publish's staged folders were cleared
+    nothing_half_written(out, cache)
+    assert stage_counts(out) == stage_counts(reference)
+    expected, resumed = published(reference), published(out)
+    assert sorted(resumed) == sorted(expected)
+    assert [name for name in expected if resumed[name] != expected[name]] == []
+
+
+def clear_error(done: subprocess.CompletedProcess, *says: str) -> str:
+    """The one error line of a build stopped by an output it could not write."""
+    output = done.stdout + done.stderr
+    assert done.returncode == 3, output
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output
+    for words in ("cannot write", "--out DIR", "Nothing was published", *says):
+        assert words in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.mark.parametrize("stage", ["ingest", "filter"])
+def test_a_full_disk_mid_build_stops_it_with_one_clear_error(server, tiny_encoder, tmp_path, stage):
+    out = tmp_path / "out"
+    done = run(server, command(out, tiny_encoder, "-s", "ocnli,lcqmc"), {"M3E_HQ_FULL_DISK": f"/{stage}/"})
+    error = clear_error(done, "No space left on device", "Free some space there")
+    assert str(out / stage) in error  # not a failed source: the build stopped
+    assert list((out / stage).rglob("*.parquet*")) == []  # neither a final-named nor a temporary file left
+    assert stage == "ingest" or stamps(out / "ingest", out / "dedup")  # the stages before, for a re-run to reuse
+    assert not any((out / name).exists() for name in DATASETS)
+
+
+def test_a_full_disk_while_publishing_leaves_the_published_datasets_as_they_were(server, tiny_encoder, tmp_path):
+    out = tmp_path / "out"
+    args = command(out, tiny_encoder, "-s", "ocnli,lcqmc,cmrc2018")
+    done = run(server, args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    before = {name: (out / name / "SHA256SUMS").read_bytes() for name in DATASETS}
+
+    done = run(server, args, {"M3E_HQ_FULL_DISK": ".m3e-hq-with-score.tmp-"})  # m3e-hq was staged in full
+    clear_error(done, "No space left on device", str(out))
+    assert {name: (out / name / "SHA256SUMS").read_bytes() for name in DATASETS} == before
+    assert all(verify(out / name) for name in DATASETS)
+    assert not list(out.glob(".m3e-hq*"))  # no staged folder left behind
+
+
+@pytest.mark.parametrize("fault", ["read-only folder", "a file in the way"])
+def test_a_build_folder_that_cannot_be_written_fails_at_once(tmp_path, monkeypatch, tiny_encoder, fault):
+    parent = tmp_path / "parent"
+    if fault == "a file in the way":
+        parent.write_text("not a folder", encoding="utf-8")
+    else:
+        parent.mkdir()
+        parent.chmod(0o555)
+        if os.geteuid() == 0:  # root writes anyway: refuse as the kernel refuses any other user
+            monkeypatch.setattr(os, "mkdir", refusing(parent, os.mkdir))
+    out = parent / "build"
+    result = CliRunner().invoke(app, command(out, tiny_encoder, "-s", "ocnli"))
+    assert result.exit_code == 3, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    reason = "Not a directory" if fault == "a file in the way" else "Permission denied"
+    [error] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    for words in (f"cannot write {out}: {reason}", "Make it writable", "--out DIR", "Nothing was published"):
+        assert words in error, error
+    assert not out.exists()
+    assert fault == "a file in the way" or list(parent.iterdir()) == []  # no cache folder either
+
+
+def refusing(folder: Path, mkdir: Callable[..., None]) -> Callable[..., None]:
+    """`mkdir` refusing to create anything in `folder`, as in a read-only folder."""
+    def refuse(path: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        if Path(path).parent == folder:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        mkdir(path, *args, **kwargs)
+
+    return refuse

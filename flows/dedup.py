@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from flows.accounting import StageCounts, StageWriter, dropped_rows, parquet_batches
+from flows.accounting import BATCH_ROWS, StageCounts, StageWriter, dropped_rows, parquet_batches
 from flows.filters import normalize
 from flows.minhash import MinHashParams, ParquetTexts, matches, near_duplicates
 from schemas import M3E_HQ_SCHEMA
@@ -206,7 +206,7 @@ def _read_keys(inputs: dict[str, Path], names: list[str], catalog: Catalog, para
     with pq.ParquetWriter(keys_path, empty.schema) as writer:
         writer.write_table(empty)
         for position, name in enumerate(names):
-            for batch in parquet_batches(inputs[name], columns=_COLUMNS):
+            for batch in parquet_batches(inputs[name], BATCH_ROWS, _COLUMNS):
                 keys, frame = _batch_keys(batch, position, params, eval_splits[name], eval_keys)
                 writer.write_table(keys)
                 frames.append(frame)
@@ -326,7 +326,7 @@ def _write(name: str, path: Path, out_dir: Path, decisions: _Decisions, offset: 
     at a time."""
     with StageWriter(out_dir / STAGE, STAGE, name, M3E_HQ_SCHEMA) as writer:
         start = offset
-        for batch in parquet_batches(path):
+        for batch in parquet_batches(path, BATCH_ROWS):
             table = pa.Table.from_batches([batch])
             reasons = decisions.reason[start:start + table.num_rows]
             writer.read(table.num_rows)

@@ -127,6 +127,23 @@ def test_survivors_do_not_depend_on_row_order(planted, catalog, tmp_path_factory
             (d["id"], d["kept_id"], d["reason"]) for d in first[source][1])
 
 
+def test_small_batches_give_the_same_outcome(planted, catalog, tmp_path_factory, monkeypatch):
+    """Rows read, hashed, MinHashed and written a few at a time: batches cross no source boundary wrongly, and the
+    locators and kept ids still point at the right rows."""
+    import flows.dedup
+    import flows.minhash
+
+    folder, inputs, data = planted
+    whole = dedup_sources(inputs, folder, DedupParams(), catalog)
+    monkeypatch.setattr(flows.dedup, "BATCH_ROWS", 2)
+    monkeypatch.setattr(flows.minhash, "BATCH_TEXTS", 3)
+    other = tmp_path_factory.mktemp("batches")
+    small = dedup_sources(inputs, other, DedupParams(), catalog)
+    assert small.stats == whole.stats
+    for source in data:
+        assert outcome(other, source) == outcome(folder, source)
+
+
 def test_short_texts_are_deduplicated_but_never_dropped_for_being_short(tmp_path, catalog):
     pairs = [("好", "好的"), ("好！", "好的。"), ("嗯", "好的"), ("你好", "您好"), ("您好", "你好"), ("？", "！"), ("?", "!"),
              ("。", "，")]

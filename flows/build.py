@@ -16,10 +16,10 @@ and the mine tasks ask for one GPU each when the models run on CUDA.
 
 Resuming: in the flow, each shard of work (the ingest of one source's files, dedup, the filter of one source, an
 encode shard, the mining of one source) is a task cached on its inputs, the size and modification time of every file
-it reads, and its source code, its result (paths and counts) kept in `<build_dir>/.prefect-results/`. A run after a failure starts again at the failed stage; a changed
-input, parameter or stage function runs that stage again and the stages after it, and so does a stage output removed
-or overwritten since (e.g. by a build with other settings into the same folder). Delete the build folder or set
-PREFECT_TASKS_REFRESH_CACHE=true to build from scratch.
+it reads, and its source code, its result (paths and counts) kept in `<build_dir>/.prefect-results/`. A run after a
+failure starts again at the failed shard; a changed input, parameter or stage function runs that shard again and the
+stages after it, and so does a stage output removed or overwritten since (e.g. by a build with other settings into
+the same folder). Delete the build folder or set PREFECT_TASKS_REFRESH_CACHE=true to build from scratch.
 """
 
 import functools
@@ -375,7 +375,7 @@ def build_m3e_hq(samples: bool = False, raw_dir: str | None = None, sources: lis
         encode_shards(inputs, params, catalog)
         mined = merge(run_stage(mine_task, build_dir, [
             ({n: inputs[n] for n in group}, build_dir, params.mine, catalog, params.embedding_cache)
-            for group in groups([n for n in catalog.names if n in inputs], params.mine.pool)]))
+            for group in groups([n for n in catalog.names if n in inputs], params.mine.pool)]), params.mine)
     summary = release(params, finish(params, results, deduped, filtered, mined))
     publish_artifacts(summary)
     return summary

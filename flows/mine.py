@@ -17,7 +17,6 @@ per GPU), so that the mine stage finds them all cached.
 import logging
 import time
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -90,9 +89,8 @@ class MineResult:
 
 @dataclass
 class _Pool:
-    """One pool's rows (a slice of the build's rows) and what mining found for them."""
+    """What mining found for a group's rows, whose pool is the distinct positives of the group."""
 
-    rows: np.ndarray  # indices into the build's rows
     texts: list[str]  # the pool: distinct positives
     neg_idx: np.ndarray  # (rows, num_negatives) indices into texts, -1 padded
     bi_pos: np.ndarray  # (rows,) encoder cosine of query and positive
@@ -101,14 +99,13 @@ class _Pool:
 
 @dataclass
 class _Rows:
-    """The rows of the build's filter outputs, source after source in catalog order."""
+    """The rows of some filter outputs, source after source in catalog order."""
 
     names: list[str]
     tables: dict[str, pa.Table]
     queries: list[str]
     positives: list[str]
     ids: list[str]
-    sources: np.ndarray  # each row's source name
 
     @classmethod
     def read(cls, inputs: dict[str, Path], catalog: Catalog) -> "_Rows":
@@ -116,23 +113,12 @@ class _Rows:
         tables = {n: pq.read_table(inputs[n]) for n in names}
         return cls(names, tables, [q for n in names for q in tables[n]["text"].to_pylist()],
                    [p for n in names for p in tables[n]["text_pos"].to_pylist()],
-                   [i for n in names for i in tables[n]["id"].to_pylist()],
-                   np.array([n for n in names for _ in range(tables[n].num_rows)], dtype=object))
-
-    def pools(self, pool: str) -> list[np.ndarray]:
-        """Each pool's row indices: one pool per source, or one of all rows."""
-        if pool == "source":
-            return [np.flatnonzero(self.sources == n) for n in self.names]
-        return [np.arange(len(self.queries))]
-
-
-def _pool_texts(positives: list[str], rows: np.ndarray) -> list[str]:
-    """A pool's texts: the distinct positives of its rows."""
-    return list(dict.fromkeys(positives[i] for i in rows))
+                   [i for n in names for i in tables[n]["id"].to_pylist()])
 
 
 def groups(names: list[str], pool: str) -> list[list[str]]:
-    """The sources mined together: each on its own (pool "source"), or all at once (pool "all")."""
+    """The sources mined together, whose positives are one pool: each source on its own (pool "source"), or all
+    at once (pool "all")."""
     return [[n] for n in names] if pool == "source" else [names]
 
 
@@ -144,8 +130,7 @@ def encode_jobs(inputs: dict[str, Path], params: MineParams, catalog: Catalog, s
     for group in groups([n for n in catalog.names if n in inputs], params.pool):
         rows = _Rows.read({n: inputs[n] for n in group}, catalog)
         found = [(params.query_prompt, q) for q in rows.queries]
-        found += [(params.passage_prompt, t) for pool in rows.pools(params.pool)
-                  for t in _pool_texts(rows.positives, pool)]
+        found += [(params.passage_prompt, t) for t in dict.fromkeys(rows.positives)]
         jobs.update((job, None) for job in found if _shard_of(job, params.encode_shards) == shard)
     return list(jobs)
 
@@ -178,43 +163,42 @@ def mine_sources(inputs: dict[str, Path], out_dir: Path, params: MineParams, cat
                  cache_dir: Path | None = None) -> MineResult:
     """Mine the filter outputs `inputs` (source -> Parquet) into `out_dir/mine/` in the m3e-hq-with-score schema.
 
-    One pool at a time (a source; all sources with pool="all"), each written before the next is read, so that
-    memory holds one pool's rows and embeddings, not the build's."""
-    names = [n for n in catalog.names if n in inputs]
-    stats: dict[str, Any] = {"encoder": params.encoder, "teacher": params.teacher, "pool": params.pool}
+    One group of sources at a time (`groups`: a source; all sources with pool="all"), each written before the next
+    is read, so that memory holds one pool's rows and embeddings, not the build's."""
     models = _Models(params)
-    totals = _Totals()
-    counts = [c for group in groups(names, params.pool)
-              for c in _mine_group(_Rows.read({n: inputs[n] for n in group}, catalog), out_dir, params, cache_dir,
-                                   models, totals)]
-    if totals.rows:
-        stats.update(totals.stats(params, models))
-    return MineResult(counts, stats)
+    return merge([_mine_group(_Rows.read({n: inputs[n] for n in group}, catalog), out_dir, params, cache_dir, models)
+                  for group in groups([n for n in catalog.names if n in inputs], params.pool)], params)
 
 
-def merge(results: list[MineResult]) -> MineResult:
-    """One result for the build from the results of its pool groups (mined apart, e.g. as separate tasks): counts
-    in order, figures added up, score distributions read back from the written rows."""
+def merge(results: list[MineResult], params: MineParams) -> MineResult:
+    """One result for the build from the results of its groups (mined by `mine_sources` or as separate tasks):
+    counts in order, figures added up, score distributions read back from the written rows."""
     counts = [c for r in results for c in r.counts]
-    stats: dict[str, Any] = dict(results[0].stats) if results else {}
     mined = [r.stats for r in results if "encode" in r.stats]
-    if len(results) > 1 and mined:
-        for name in ("encode", "candidates"):
-            stats[name] = {}
-            for figures in mined:
-                _add(stats[name], figures[name])
-        stats["search_backend"] = sorted({b for figures in mined for b in figures["search_backend"]})
-        for name in ("mine_seconds", "teacher_seconds", "false_negatives_removed", "rows_short", "teacher_oom_splits"):
-            if name in mined[0]:
-                stats[name] = round(sum(figures[name] for figures in mined), 3)
-        pos, neg = [], []
-        for c in counts:
-            scores = pq.read_table(c.kept_path, columns=["score_pos", "score_neg"])
-            pos.append(scores["score_pos"].to_numpy())
-            neg.append(pc.list_flatten(scores["score_neg"]).to_numpy())
-        stats["scores"] = {"scale": mined[0]["scores"]["scale"], "positive": _distribution(pos),
-                           "negative": _distribution(neg)}
+    if len(mined) <= 1:
+        return MineResult(counts, mined[0] if mined else _settings(params))
+    stats = _settings(params)
+    for name in ("encode", "candidates"):
+        stats[name] = {}
+        for figures in mined:
+            for key, value in figures[name].items():
+                stats[name][key] = stats[name].get(key, 0) + value
+    stats["search_backend"] = sorted({b for figures in mined for b in figures["search_backend"]})
+    for name in ("mine_seconds", "teacher_seconds", "false_negatives_removed", "rows_short", "teacher_oom_splits"):
+        if name in mined[0]:
+            stats[name] = round(sum(figures[name] for figures in mined), 3)
+    pos, neg = [], []
+    for c in counts:
+        scores = pq.read_table(c.kept_path, columns=["score_pos", "score_neg"])
+        pos.append(scores["score_pos"].to_numpy())
+        neg.append(pc.list_flatten(scores["score_neg"]).to_numpy())
+    stats["scores"] = {"scale": mined[0]["scores"]["scale"], "positive": _distribution(pos),
+                       "negative": _distribution(neg)}
     return MineResult(counts, stats)
+
+
+def _settings(params: MineParams) -> dict[str, Any]:
+    return {"encoder": params.encoder, "teacher": params.teacher, "pool": params.pool}
 
 
 class _Models:
@@ -237,64 +221,30 @@ class _Models:
         return self._teacher
 
 
-@dataclass
-class _Totals:
-    """What the pools mined, added up for the manifest's `mine` statistics."""
-
-    rows: int = 0
-    encode: dict[str, int] = field(default_factory=dict)
-    candidates: dict[str, int] = field(default_factory=dict)
-    backends: set[str] = field(default_factory=set)
-    mine_seconds: float = 0.0
-    teacher_seconds: float = 0.0
-    false_negatives: int = 0
-    rows_short: int = 0
-    scale: str = ""
-    pos: list[np.ndarray] = field(default_factory=list)  # kept rows' teacher scores, float32
-    neg: list[np.ndarray] = field(default_factory=list)
-
-    def stats(self, params: MineParams, models: "_Models") -> dict[str, Any]:
-        out = {"encode": self.encode, "search_backend": sorted(self.backends), "candidates": self.candidates,
-               "mine_seconds": round(self.mine_seconds, 3), "teacher_seconds": round(self.teacher_seconds, 3),
-               "false_negatives_removed": self.false_negatives, "rows_short": self.rows_short,
-               "scores": {"scale": self.scale, "positive": _distribution(self.pos),
-                          "negative": _distribution(self.neg)}}
-        if params.teacher != BI_ENCODER:
-            out["teacher_oom_splits"] = models.teacher().oom_splits
-        return out
-
-
-def _add(into: dict[str, int], figures: dict[str, int]) -> None:
-    for name, value in figures.items():
-        into[name] = into.get(name, 0) + value
-
-
-def _mine_group(data: "_Rows", out_dir: Path, params: MineParams, cache_dir: Path | None, models: _Models,
-                totals: _Totals) -> list[StageCounts]:
-    """Mine one group of sources (whose pools are `data.pools`) and write their outputs."""
-    names, tables, queries, positives, ids = data.names, data.tables, data.queries, data.positives, data.ids
+def _mine_group(data: _Rows, out_dir: Path, params: MineParams, cache_dir: Path | None,
+                models: _Models) -> MineResult:
+    """Mine one group of sources, whose pool is their distinct positives, and write their outputs."""
+    names, tables, queries, positives = data.names, data.tables, data.queries, data.positives
+    stats = _settings(params)
     if not queries:
-        return [_write(n, tables[n], out_dir, {}, {}) for n in names]
-    totals.rows += len(queries)
+        return MineResult([_write(n, tables[n], out_dir, {}, {}) for n in names], stats)
     start = time.perf_counter()
     model = models.encoder()
     embedded_queries = encode(model, queries, params.query_prompt, params.batch_size, cache_dir, params.encoder,
                               progress.counter("encode queries", "texts"))
-    _add(totals.encode, {"queries": embedded_queries.distinct, "queries_cached": embedded_queries.cached})
-    pools = []
-    passage_progress = progress.counter("encode passages", "texts")
-    for rows in data.pools(params.pool):
-        pool, batch_totals, backend = _mine_pool(rows, queries, positives, ids, embedded_queries.vectors, model,
-                                                 params, cache_dir, totals.encode, passage_progress)
-        pools.append(pool)
-        totals.backends.add(backend)
-        _add(totals.candidates, batch_totals)
-    totals.mine_seconds += time.perf_counter() - start
+    stats["encode"] = {"queries": embedded_queries.distinct, "queries_cached": embedded_queries.cached}
+    pool, stats["candidates"], backend = _mine_pool(data, embedded_queries.vectors, model, params, cache_dir,
+                                                    stats["encode"])
+    stats["search_backend"] = [backend]
+    stats["mine_seconds"] = round(time.perf_counter() - start, 3)
 
     start = time.perf_counter()
-    scored = _teacher_scores(pools, queries, positives, params, models)
-    totals.teacher_seconds += time.perf_counter() - start
-    kept, dropped = _decide(pools, scored, params, len(queries), totals)
+    splits = models.teacher().oom_splits if params.teacher != BI_ENCODER else 0
+    scored = _teacher_scores(pool, queries, positives, params, models)
+    stats["teacher_seconds"] = round(time.perf_counter() - start, 3)
+    if params.teacher != BI_ENCODER:
+        stats["teacher_oom_splits"] = models.teacher().oom_splits - splits
+    kept, dropped = _decide(pool, scored, params, stats)
     offsets = np.cumsum([0] + [tables[n].num_rows for n in names])
     counts = []
     for n, lo, hi in zip(names, offsets[:-1], offsets[1:], strict=True):
@@ -302,92 +252,82 @@ def _mine_group(data: "_Rows", out_dir: Path, params: MineParams, cache_dir: Pat
         source_dropped = {i - lo: v for i, v in dropped.items() if lo <= i < hi}
         counts.append(_write(n, tables[n], out_dir, source_kept, source_dropped, scored["teacher"],
                              scored["scale"]))
-    return counts
+    return MineResult(counts, stats)
 
 
-def _mine_pool(rows: np.ndarray, queries: list[str], positives: list[str], ids: list[str], query_vectors: np.ndarray,
-               model: Any, params: MineParams, cache_dir: Path | None, encode_stats: dict[str, int],
-               on_progress: Callable[[int], None] | None) -> tuple[_Pool, dict[str, int], str]:
-    """Search and select the negatives of one pool's rows."""
-    texts = _pool_texts(positives, rows)
+def _mine_pool(data: _Rows, query_vectors: np.ndarray, model: Any, params: MineParams, cache_dir: Path | None,
+               encode_stats: dict[str, int]) -> tuple[_Pool, dict[str, int], str]:
+    """Search and select the negatives of a group's rows among its distinct positives."""
+    queries, positives = data.queries, data.positives
+    texts = list(dict.fromkeys(positives))
     position = {t: i for i, t in enumerate(texts)}
-    pos_idx = np.array([position[positives[i]] for i in rows], dtype=np.int64)
+    pos_idx = np.array([position[p] for p in positives], dtype=np.int64)
     passages = encode(model, texts, params.passage_prompt, params.batch_size, cache_dir, params.encoder,
-                      on_progress)
-    encode_stats["passages"] = encode_stats.get("passages", 0) + passages.distinct
-    encode_stats["passages_cached"] = encode_stats.get("passages_cached", 0) + passages.cached
-    q_vectors = query_vectors[rows]
-    bi_pos = cosine(q_vectors, passages.vectors[pos_idx])
+                      progress.counter("encode passages", "texts"))
+    encode_stats["passages"] = passages.distinct
+    encode_stats["passages_cached"] = passages.cached
+    bi_pos = cosine(query_vectors, passages.vectors[pos_idx])
     k = min(len(texts), params.negatives.range_max + SEARCH_SLACK)
-    scores, cand_idx, backend = search(q_vectors, passages.vectors, k, backend=params.search)
+    scores, cand_idx, backend = search(query_vectors, passages.vectors, k, backend=params.search)
     minhash = MinHashParams() if params.near_duplicates else None
     pool_keys, pool_sigs = keys_and_signatures(texts, minhash)
-    query_keys, query_sigs = keys_and_signatures([queries[i] for i in rows], minhash)
-    batch = Queries(ids=[ids[i] for i in rows], keys=query_keys, pos_keys=[pool_keys[i] for i in pos_idx],
+    query_keys, query_sigs = keys_and_signatures(queries, minhash)
+    batch = Queries(ids=data.ids, keys=query_keys, pos_keys=[pool_keys[i] for i in pos_idx],
                     pos_idx=pos_idx, pos_scores=bi_pos, signatures=query_sigs,
                     pos_signatures=None if pool_sigs is None else pool_sigs[pos_idx])
     negatives = select_negatives(cand_idx, scores, batch, Pool.of(pool_keys, pool_sigs), params.negatives)
-    return _Pool(rows, texts, negatives.idx, bi_pos, negatives.scores), negatives.totals(), backend
+    return _Pool(texts, negatives.idx, bi_pos, negatives.scores), negatives.totals(), backend
 
 
-def _teacher_scores(pools: list[_Pool], queries: list[str], positives: list[str], params: MineParams,
+def _teacher_scores(pool: _Pool, queries: list[str], positives: list[str], params: MineParams,
                     models: _Models) -> dict[str, Any]:
     """Teacher scores of every row's (query, positive) and (query, negative) pairs, on one scale."""
     if params.teacher == BI_ENCODER:
-        return {"teacher": f"{BI_ENCODER}:{params.encoder}", "scale": COSINE_SCALE,
-                "pos": [p.bi_pos for p in pools], "neg": [p.bi_neg for p in pools]}
+        return {"teacher": f"{BI_ENCODER}:{params.encoder}", "scale": COSINE_SCALE, "pos": pool.bi_pos,
+                "neg": pool.bi_neg}
     teacher = models.teacher()
-    pairs: list[tuple[str, str]] = []
-    for p in pools:
-        pairs += [(queries[i], positives[i]) for i in p.rows]
-        rows, slots = np.nonzero(p.neg_idx >= 0)  # row by row, in slot order: as the scores are read back
-        pairs += [(queries[p.rows[r]], p.texts[p.neg_idx[r, k]]) for r, k in zip(rows, slots, strict=True)]
+    rows, slots = np.nonzero(pool.neg_idx >= 0)  # row by row, in slot order: as the scores are read back
+    pairs = list(zip(queries, positives, strict=True))
+    pairs += [(queries[r], pool.texts[pool.neg_idx[r, k]]) for r, k in zip(rows, slots, strict=True)]
     flat = teacher.score(pairs)
-    pos_scores, neg_scores, at = [], [], 0
-    for p in pools:
-        pos_scores.append(flat[at:at + len(p.rows)])
-        at += len(p.rows)
-        neg = np.full(p.neg_idx.shape, np.nan, dtype=np.float32)
-        mask = p.neg_idx >= 0
-        neg[mask] = flat[at:at + int(mask.sum())]
-        at += int(mask.sum())
-        neg_scores.append(neg)
-    return {"teacher": params.teacher, "scale": teacher.scale, "pos": pos_scores, "neg": neg_scores}
+    neg = np.full(pool.neg_idx.shape, np.nan, dtype=np.float32)
+    neg[pool.neg_idx >= 0] = flat[len(queries):]
+    return {"teacher": params.teacher, "scale": teacher.scale, "pos": flat[:len(queries)], "neg": neg}
 
 
-def _decide(pools: list[_Pool], scored: dict[str, Any], params: MineParams, n: int,
-            totals: _Totals) -> tuple[dict[int, dict], dict[int, tuple[str, str]]]:
-    """Per row of the group: its negatives and scores (kept), or a reason and detail (dropped)."""
+def _decide(pool: _Pool, scored: dict[str, Any], params: MineParams,
+            stats: dict[str, Any]) -> tuple[dict[int, dict], dict[int, tuple[str, str]]]:
+    """Per row of the group: its negatives and scores (kept), or a reason and detail (dropped); the figures go into
+    `stats`."""
     kept: dict[int, dict] = {}
     dropped: dict[int, tuple[str, str]] = {}
+    pos, neg = scored["pos"], scored["neg"]
+    usable = pool.neg_idx >= 0
     false_negatives = 0
+    if params.false_negative_margin is not None:
+        too_close = usable & ~(neg <= margin_limit(pos, params.false_negative_margin)[:, None])
+        false_negatives = int(too_close.sum())
+        usable &= ~too_close
     all_pos, all_neg = [], []
-    for p, pos, neg in zip(pools, scored["pos"], scored["neg"], strict=True):
-        usable = p.neg_idx >= 0
-        if params.false_negative_margin is not None:
-            too_close = usable & ~(neg <= margin_limit(pos, params.false_negative_margin)[:, None])
-            false_negatives += int(too_close.sum())
-            usable &= ~too_close
-        for r, row in enumerate(p.rows.tolist()):
-            if params.min_pair_score is not None and pos[r] < params.min_pair_score:
-                dropped[row] = (LOW_PAIR_SCORE, f"teacher score {pos[r]:.4f} < {params.min_pair_score}")
-                continue
-            cols = np.flatnonzero(usable[r])
-            if len(cols) < params.min_negatives:
-                detail = (f"{len(cols)} negatives left of the {params.negatives.num_negatives} asked "
-                          f"(pool of {len(p.texts)} texts)")
-                dropped[row] = (NO_NEGATIVES, detail)
-                continue
-            kept[row] = {"text_neg": [p.texts[j] for j in p.neg_idx[r, cols]], "score_pos": float(pos[r]),
-                         "score_neg": [float(s) for s in neg[r, cols]]}
-            all_pos.append(pos[r])
-            all_neg.extend(neg[r, cols].tolist())
-    totals.false_negatives += false_negatives
-    totals.rows_short += sum(1 for v in kept.values() if len(v["text_neg"]) < params.negatives.num_negatives)
-    totals.scale = scored["scale"]
-    totals.pos.append(np.asarray(all_pos, dtype=np.float32))
-    totals.neg.append(np.asarray(all_neg, dtype=np.float32))
-    assert len(kept) + len(dropped) == n
+    for r in range(len(pos)):
+        if params.min_pair_score is not None and pos[r] < params.min_pair_score:
+            dropped[r] = (LOW_PAIR_SCORE, f"teacher score {pos[r]:.4f} < {params.min_pair_score}")
+            continue
+        cols = np.flatnonzero(usable[r])
+        if len(cols) < params.min_negatives:
+            detail = (f"{len(cols)} negatives left of the {params.negatives.num_negatives} asked "
+                      f"(pool of {len(pool.texts)} texts)")
+            dropped[r] = (NO_NEGATIVES, detail)
+            continue
+        kept[r] = {"text_neg": [pool.texts[j] for j in pool.neg_idx[r, cols]], "score_pos": float(pos[r]),
+                   "score_neg": [float(s) for s in neg[r, cols]]}
+        all_pos.append(pos[r])
+        all_neg.extend(neg[r, cols].tolist())
+    stats["false_negatives_removed"] = false_negatives
+    stats["rows_short"] = sum(1 for v in kept.values() if len(v["text_neg"]) < params.negatives.num_negatives)
+    stats["scores"] = {"scale": scored["scale"],
+                       "positive": _distribution([np.asarray(all_pos, dtype=np.float32)]),
+                       "negative": _distribution([np.asarray(all_neg, dtype=np.float32)])}
     return kept, dropped
 
 

@@ -189,7 +189,7 @@ def test_sources_mined_apart_and_merged_equal_one_run(two_sources, catalog, tiny
     apart_dir = tmp_path_factory.mktemp("apart")
     parts = [mine_sources({name: inputs[name]}, apart_dir, params, catalog, apart_dir / "cache")
              for name in ("webqa", "lawzhidao")]  # catalog order, as the flow's tasks
-    merged = merge(parts)
+    merged = merge(parts, params)
     timing = ("mine_seconds", "teacher_seconds")
     assert {k: v for k, v in merged.stats.items() if k not in timing} == {
         k: v for k, v in whole.stats.items() if k not in timing}

@@ -20,6 +20,7 @@ sizes, peak_rss_gb, seconds_per_row, projected_hours_22m.
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -134,8 +135,6 @@ def gpu_hours(mine_json: Path | None, tokens_per_pair: float) -> tuple[float, st
 
 def tokens_per_pair() -> float:
     """Mean query + positive tokens of the synthetic shapes (one per character, two special tokens per text)."""
-    import math
-
     from synthetic import SHAPES
 
     return sum(s.share * (math.exp(math.log(s.query[0]) + s.query[1] ** 2 / 2) + 2 +

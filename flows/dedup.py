@@ -54,6 +54,8 @@ _COMMERCIAL_RANK = {Permission.YES.value: 0, Permission.UNKNOWN.value: 1, Permis
 _QUALITY_RANK = {Quality.EXCELLENT.value: 0, Quality.GOOD.value: 1}
 EVAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
 _COLUMNS = ["id", "source", "split", "text", "text_pos", "commercial", "quality", "homogeneous"]
+# The normalised keys MinHash compares, in a temporary file: the pair (or query-only) key, and its two parts.
+KEYS_SCHEMA = pa.schema([("pair", pa.string()), ("query", pa.string()), ("positive", pa.string())])
 
 
 class DedupParams(BaseModel):
@@ -200,11 +202,8 @@ def _read_keys(inputs: dict[str, Path], names: list[str], catalog: Catalog, para
     compares), and a frame of what dedup decides on: source position, evaluation split, decontamination hit, ranks,
     id, and 64-bit hashes of the keys."""
     eval_splits = {s.name: set(s.eval_splits) for s in catalog.sources}
-    empty = pa.table({"pair": pa.array([], pa.string()), "query": pa.array([], pa.string()),
-                      "positive": pa.array([], pa.string())})
     frames = []
-    with pq.ParquetWriter(keys_path, empty.schema) as writer:
-        writer.write_table(empty)
+    with pq.ParquetWriter(keys_path, KEYS_SCHEMA) as writer:
         for position, name in enumerate(names):
             for batch in parquet_batches(inputs[name], BATCH_ROWS, _COLUMNS):
                 keys, frame = _batch_keys(batch, position, params, eval_splits[name], eval_keys)
@@ -241,7 +240,7 @@ def _batch_keys(batch: pa.RecordBatch, position: int, params: DedupParams, eval_
         "query_hash": pl.Series(queries, dtype=pl.String).hash(seed=0),
         "positive_hash": pl.Series(positives, dtype=pl.String).hash(seed=0),
     })
-    return pa.table({"pair": pairs, "query": queries, "positive": compared}), frame
+    return pa.table({"pair": pairs, "query": queries, "positive": compared}, schema=KEYS_SCHEMA), frame
 
 
 def _survivor_order(rows: pl.DataFrame) -> np.ndarray:

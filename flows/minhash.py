@@ -283,26 +283,22 @@ class ParquetTexts:
 
     def batches(self) -> Iterator[tuple[int, list[str]]]:
         """(position of the batch's first text, its texts), in order."""
-        start = 0
-        for batch in parquet_batches(self.path, BATCH_TEXTS, [self.column]):
-            end = start + batch.num_rows
-            lo, hi = np.searchsorted(self.rows, [start, end])
-            if hi > lo:
-                yield int(lo), batch.column(0).take(pa.array(self.rows[lo:hi] - start)).to_pylist()
-            start = end
+        return self._read(self.rows)
 
     def take(self, positions: np.ndarray) -> list[str]:
         """The texts at `positions` (sorted, distinct) of this corpus."""
-        wanted = self.rows[positions]
-        out: list[str] = []
+        return [text for _, texts in self._read(self.rows[positions]) for text in texts]
+
+    def _read(self, wanted: np.ndarray) -> Iterator[tuple[int, list[str]]]:
+        """The texts at file positions `wanted` (sorted), a Parquet batch at a time, each run with the index in
+        `wanted` of its first text."""
         start = 0
         for batch in parquet_batches(self.path, BATCH_TEXTS, [self.column]):
             end = start + batch.num_rows
             lo, hi = np.searchsorted(wanted, [start, end])
             if hi > lo:
-                out.extend(batch.column(0).take(pa.array(wanted[lo:hi] - start)).to_pylist())
+                yield int(lo), batch.column(0).take(pa.array(wanted[lo:hi] - start)).to_pylist()
             start = end
-        return out
 
 
 class ListTexts:

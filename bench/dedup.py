@@ -1,4 +1,4 @@
-"""Near-duplicate detection benchmark: plain datasketch vs rensa vs ours (flows.minhash), on the same texts.
+"""Near-duplicate detection benchmark: plain datasketch vs rensa vs ours (m3e_hq.flows.core.minhash), on the same texts.
 
     python bench/dedup.py [--n 20000] [--baselines-max 200000] [--memory-n 2000000]
 
@@ -15,7 +15,7 @@ shingles (2-grams under 10 characters):
   query (one core);
 - rensa: one `RMinHash` per text, `update` with the shingle list, `RMinHashLSH(0.8, 128, 16 bands)` insert and query
   (one core);
-- ours: `flows.minhash.near_duplicates` (vectorised signatures on 2 threads, polars band grouping, exact Jaccard
+- ours: `m3e_hq.flows.core.minhash.near_duplicates` (vectorised signatures on 2 threads, polars band grouping, exact Jaccard
   confirmation, connected components).
 
 Recall: planted pairs reported (ours: the two texts end in one cluster). Precision: reported pairs (ours: confirmed
@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flows.minhash import MinHashParams, jaccard, near_duplicates
+from m3e_hq.flows.core.minhash import MinHashParams, jaccard, near_duplicates
 
 REAL = ROOT.parent / "shared" / "data" / "real"
 PARAMS = MinHashParams()

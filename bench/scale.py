@@ -5,7 +5,7 @@ for the 22 million pairs of the M3E table.
 
 For each N: N synthetic Chinese pairs in four sources' native formats (bench/synthetic.py: length distributions per
 task type, 10% duplicates) are written by one process; a fresh process then runs ingest → dedup → filters on all of
-them with the project's plain stage functions (flows.build's, without Prefect), and the mine stage on a sample
+them with the project's plain stage functions (m3e_hq.flows.pipeline.build's, without Prefect), and the mine stage on a sample
 (`--mine-sample` filtered pairs, the offline default encoder on the CPU). Its peak RSS is that process's own
 (ru_maxrss), so the generator's memory is not counted. Targets (issue 7): peak memory for 2M pairs ≤ 8 GB, time per
 row flat (±20%) from the smallest to the largest size.
@@ -58,15 +58,14 @@ def generate(folder: Path, n: int) -> None:
 
 def run_pipeline(raw: Path, build: Path, mine_sample: int) -> dict:
     """ingest → dedup → filter over every source, then mine on a sample; seconds and rows per stage."""
+    from m3e_hq.flows.pipeline.build import filter_outputs, ingest_one, ingested
+    from m3e_hq.flows.pipeline.download import obtain_sources
+    from m3e_hq.flows.pipeline.params import BuildParams
+    from m3e_hq.flows.stages.dedup import dedup_sources
+    from m3e_hq.flows.stages.filters import filter_source
+    from m3e_hq.flows.stages.mine import MineParams, mine_sources
+    from m3e_hq.sources.catalog import default_catalog
     from synthetic import SOURCES
-
-    from flows.build import filter_outputs, ingest_one, ingested
-    from flows.dedup import dedup_sources
-    from flows.download import obtain_sources
-    from flows.filters import filter_source
-    from flows.mine import MineParams, mine_sources
-    from flows.params import BuildParams
-    from sources.catalog import default_catalog
 
     catalog = default_catalog()
     params = BuildParams(raw_dir=raw, sources=SOURCES, out_dir=build)

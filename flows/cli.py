@@ -11,16 +11,15 @@ from pathlib import Path
 from typing import Annotated, Literal, NoReturn
 
 import typer
+from m3e_hq.flows.core.minhash import MinHashParams
+from m3e_hq.flows.stages.clean import DEFAULT_MAX_CHARS
+from m3e_hq.sources import cache
+from m3e_hq.sources.catalog import CatalogError, HttpObtain, HubObtain, ManualObtain, Source, default_catalog
+from m3e_hq.sources.fetch import Obtained, source_status
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-
-from flows.clean import DEFAULT_MAX_CHARS
-from flows.minhash import MinHashParams
-from sources import cache
-from sources.catalog import CatalogError, HttpObtain, HubObtain, ManualObtain, Source, default_catalog
-from sources.fetch import Obtained, source_status
 
 # Offline-safe Prefect defaults for local runs (set before prefect is imported; the user's settings win).
 # The temporary server a local run starts logs harmless CancelledError tracebacks while it shuts down after the
@@ -180,9 +179,10 @@ def download(
     require_all: RequireAllOption = False,
 ) -> None:
     """Download the selected sources into the cache (Hub and HTTP) and check the manual folder; no build."""
-    from flows import progress
-    from flows.download import MissingSourcesError, download_m3e_hq_sources
-    from flows.params import BuildParams
+    from m3e_hq.flows.pipeline.download import MissingSourcesError, download_m3e_hq_sources
+    from m3e_hq.flows.pipeline.params import BuildParams
+
+    from m3e_hq import progress
 
     try:
         params = BuildParams(sources=split_names(source), cache_dir=cache_dir, manual_dir=manual_dir)
@@ -256,13 +256,13 @@ def build(
     """Run the build-m3e-hq flow: obtain (download) and ingest every selected source, dedup them, filter the pairs,
     mine hard negatives and teacher scores, print per-source and per-stage counts, write the manifest. Without --samples or --raw-dir the sources are
     downloaded into the cache first."""
-    from flows.dedup import DedupParams
-    from flows.download import MissingSourcesError
-    from flows.filters import FilterParams
-    from flows.mine import MineParams
-    from flows.negatives import NegativeParams
-    from flows.params import BuildParams
-    from flows.publish import PublishParams
+    from m3e_hq.flows.core.negatives import NegativeParams
+    from m3e_hq.flows.pipeline.download import MissingSourcesError
+    from m3e_hq.flows.pipeline.params import BuildParams
+    from m3e_hq.flows.stages.dedup import DedupParams
+    from m3e_hq.flows.stages.filters import FilterParams
+    from m3e_hq.flows.stages.mine import MineParams
+    from m3e_hq.flows.stages.publish import PublishParams
 
     try:
         dedup = DedupParams(on=dedup_on, near=near, minhash=MinHashParams(threshold=near_threshold),
@@ -287,9 +287,10 @@ def build(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 
-    from flows import progress
-    from flows.accounting import check_writable
-    from flows.build import TaskRunnerError, build_m3e_hq, task_runner
+    from m3e_hq.flows.core.accounting import check_writable
+    from m3e_hq.flows.pipeline.build import TaskRunnerError, build_m3e_hq, task_runner
+
+    from m3e_hq import progress
 
     try:
         flow = build_m3e_hq.with_options(task_runner=task_runner(runner, ray_address))
@@ -334,7 +335,7 @@ def build(
 
 def output_problem(exc: OSError) -> bool:
     """Whether `exc` says that a build output could not be written (rather than a bug)."""
-    from flows.accounting import OutputError
+    from m3e_hq.flows.core.accounting import OutputError
 
     return isinstance(exc, OutputError) or exc.errno in OUTPUT_ERRNOS
 
@@ -391,7 +392,7 @@ def one_api_server(runner: str) -> Iterator[None]:
 def summary_table(results: list, stages: dict) -> Table:
     """Per source: rows read, kept by ingest, filtered by the source's own rule, quarantined as malformed, and
     left after dedup and after the quality filters."""
-    from flows.ingest import RULE_REASONS
+    from m3e_hq.flows.stages.ingest import RULE_REASONS
 
     later = {stage: {c.source: c.kept for c in counts} for stage, counts in stages.items() if stage != "ingest"}
     table = Table(title="rows per source")
@@ -418,7 +419,7 @@ def summary_table(results: list, stages: dict) -> Table:
 
 def stage_table(stages: dict) -> Table:
     """Per stage: rows read, kept and dropped, and the drop reasons; read = kept + dropped for every stage."""
-    from flows.manifest import stage_totals
+    from m3e_hq.flows.core.manifest import stage_totals
 
     table = Table(title="rows per stage")
     for column in ("stage", "read", "kept", "dropped", "reasons"):
@@ -437,8 +438,8 @@ def serve(
 ) -> None:
     """Serve the build-m3e-hq flow as the Prefect deployment build-m3e-hq/build-m3e-hq until interrupted; needs a
     Prefect server (`prefect server start`) and PREFECT_API_URL set (http://127.0.0.1:4200/api)."""
-    from flows.deploy import RUN_COMMAND, ServeError, check_api
-    from flows.deploy import serve as serve_deployment
+    from m3e_hq.flows.pipeline.deploy import RUN_COMMAND, ServeError, check_api
+    from m3e_hq.flows.pipeline.deploy import serve as serve_deployment
 
     try:
         url = check_api()
@@ -469,9 +470,9 @@ def export(
     push_to_hub: PushOption = None,
 ) -> None:
     """Publish both datasets again from a finished build, e.g. the commercial-only subset, into OUT."""
-    from flows.build import push_both
-    from flows.publish import PublishParams, publish
-    from flows.push import PushError
+    from m3e_hq.flows.pipeline.build import push_both
+    from m3e_hq.flows.pipeline.push import PushError
+    from m3e_hq.flows.stages.publish import PublishParams, publish
 
     if not (build / "manifest.json").is_file():
         console.print(f"[red]error:[/red] {build} holds no finished build (no manifest.json): run `m3e-hq build` "

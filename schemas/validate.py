@@ -2,9 +2,8 @@
 
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from schemas.enums import Domain, Permission, Prompt, Quality, TaskType
-from schemas.records import ID_HEX_CHARS, M3E_HQ_WITH_SCORE_SCHEMA
+from m3e_hq.schemas.enums import Domain, Permission, Prompt, Quality, TaskType
+from m3e_hq.schemas.records import ID_HEX_CHARS, M3E_HQ_WITH_SCORE_SCHEMA
 
 ENUM_COLUMNS: dict[str, type] = {
     "domain": Domain,

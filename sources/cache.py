@@ -10,7 +10,7 @@ A source counts as cached only when its record says `cached`, was written for th
 and file globs, and every recorded file is still there with its recorded size. The record is written after the
 last file is in place, so an interrupted download is never taken as complete.
 
-Manual sources are read from `--manual-dir`, else `$M3E_HQ_MANUAL`, else `data/manual/` in the project:
+Manual sources are read from `--manual-dir`, else `$M3E_HQ_MANUAL`, else `data/manual/` in the working directory:
 `<manual dir>/<source>/<the files the catalog names>`.
 """
 
@@ -20,12 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flows.accounting import write_json_atomic
-from sources.catalog import Source
+from m3e_hq.sources.catalog import Source
+
+from m3e_hq.files import write_json_atomic
 
 CACHE_ENV = "M3E_HQ_CACHE"
 MANUAL_ENV = "M3E_HQ_MANUAL"
-PROJECT_MANUAL_DIR = Path(__file__).resolve().parent.parent / "data" / "manual"
+MANUAL_DEFAULT = Path("data") / "manual"  # in the working directory
 
 
 def cache_dir(explicit: Path | None = None) -> Path:
@@ -44,7 +45,7 @@ def manual_dir(explicit: Path | None = None) -> Path:
         return Path(explicit).expanduser()
     if os.environ.get(MANUAL_ENV):
         return Path(os.environ[MANUAL_ENV]).expanduser()
-    return PROJECT_MANUAL_DIR
+    return Path.cwd() / MANUAL_DEFAULT
 
 
 def source_folder(cache: Path, name: str) -> Path:

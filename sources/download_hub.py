@@ -25,8 +25,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-
-from sources.catalog import HubObtain
+from m3e_hq.sources.catalog import HubObtain
 
 # What huggingface_hub raises for HTTP answers, offline mode and missing cache entries (all OSError), and network
 # failures.

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from flows import progress
-from sources import cache
-from sources.catalog import HttpObtain, HubObtain, ManualObtain, Source
-from sources.download_http import DownloadError, UnsafeArchiveError, download_file, extract_archive, is_archive
-from sources.download_hub import HubError, fetch_hub
-from sources.layout import locate
+from m3e_hq.sources import cache
+from m3e_hq.sources.catalog import HttpObtain, HubObtain, ManualObtain, Source
+from m3e_hq.sources.download_http import DownloadError, UnsafeArchiveError, download_file, extract_archive, is_archive
+from m3e_hq.sources.download_hub import HubError, fetch_hub
+from m3e_hq.sources.layout import locate
+
+from m3e_hq import progress
 
 OK_STATUSES = ("cached", "downloaded", "present", "partial")
 

@@ -1,12 +1,22 @@
 """Finding a source's native files in a folder laid out as the catalog says (shipped samples, downloads, manual)."""
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from sources.catalog import Source
-from sources.readers import SourceFile
+from m3e_hq.sources.catalog import Source
+from m3e_hq.sources.readers import SourceFile
 
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "data" / "samples"
+
+def samples_dir() -> Path:
+    """The shipped samples: package data `m3e_hq.samples` (data/samples/ in the repository)."""
+    spec = importlib.util.find_spec("m3e_hq.samples")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the shipped samples (package m3e_hq.samples) are not installed: reinstall m3e-hq")
+    return Path(spec.origin).resolve().parent
+
+
+SAMPLES_DIR = samples_dir()
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,7 @@ import errno
 import os
 
 import pyarrow.parquet as pq
-
-from flows.cli import app
+from m3e_hq.flows.cli import app
 
 FULL_DISK = os.environ["M3E_HQ_FULL_DISK"]
 write_table = pq.ParquetWriter.write_table

@@ -8,13 +8,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import EXPECTED_DIR
-
-from sources.adapters.flat import adapt_flat, detokenize, zh_cn
-from sources.adapters.squad import adapt_squad
-from sources.adapters.tableqa import BadSQL, render_sql
-from sources.catalog import FlatAdapter, SquadAdapter, default_catalog
-from sources.layout import SAMPLES_DIR, locate
-from sources.readers import SourceFile, read_records
+from m3e_hq.sources.adapters.flat import adapt_flat, detokenize, zh_cn
+from m3e_hq.sources.adapters.squad import adapt_squad
+from m3e_hq.sources.adapters.tableqa import BadSQL, render_sql
+from m3e_hq.sources.catalog import FlatAdapter, SquadAdapter, default_catalog
+from m3e_hq.sources.layout import SAMPLES_DIR, locate
+from m3e_hq.sources.readers import SourceFile, read_records
 
 NAMES = default_catalog().names
 
@@ -86,7 +85,7 @@ def test_corrupt_parquet_and_bad_json_documents_become_one_quarantined_unit(tmp_
 def test_csv_with_undecodable_bytes_quarantines_only_that_row(tmp_path):
     file = sample_file(tmp_path, "x.csv", "title,reply\n问题,回答\n".encode() + b"\xff\xfe,bad\n" + "甲,乙\n".encode())
     spec = FlatAdapter(name="flat", format="csv", pairs=[{"text": ["title"], "text_pos": ["reply"]}])
-    from flows.ingest import to_row
+    from m3e_hq.flows.stages.ingest import to_row
 
     outcomes = [to_row(c, {"source": "s"}, 100)[1] for c in adapt_flat([file], spec)]
     assert outcomes == [None, "invalid_utf8", None]

@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from sources.catalog import CATALOG_PATH, CatalogError, load_catalog
+from m3e_hq.sources.catalog import CATALOG_PATH, CatalogError, load_catalog
 
 # The M3E dataset table (moka-ai/m3e-base model card), column by column as printed there:
 # name, 领域, 数量, 任务类型, Prompt, 质量, 是否开源/研究使用, 是否商用, 是否同质.

@@ -1,4 +1,4 @@
-"""The dedup stage (flows.dedup) on ingest outputs written for the test: planted duplicates across sources, the
+"""The dedup stage (m3e_hq.flows.stages.dedup) on ingest outputs written for the test: planted duplicates across sources, the
 survivor rule, short texts, evaluation splits and decontamination, and the accounting."""
 
 import json
@@ -7,8 +7,8 @@ import random
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from flows.dedup import (
+from m3e_hq.flows.core.minhash import MinHashParams
+from m3e_hq.flows.stages.dedup import (
     EVAL_OVERLAP,
     EVAL_SPLIT,
     EXACT_DUPLICATE,
@@ -17,9 +17,8 @@ from flows.dedup import (
     dedup_sources,
     read_eval_texts,
 )
-from flows.ingest import tags
-from flows.minhash import MinHashParams
-from schemas import M3E_HQ_SCHEMA, row_id
+from m3e_hq.flows.stages.ingest import tags
+from m3e_hq.schemas import M3E_HQ_SCHEMA, row_id
 
 COMMON = [chr(c) for c in range(0x4E00, 0x4E00 + 2000)]
 
@@ -130,13 +129,13 @@ def test_survivors_do_not_depend_on_row_order(planted, catalog, tmp_path_factory
 def test_small_batches_give_the_same_outcome(planted, catalog, tmp_path_factory, monkeypatch):
     """Rows read, hashed, MinHashed and written a few at a time: batches cross no source boundary wrongly, and the
     locators and kept ids still point at the right rows."""
-    import flows.dedup
-    import flows.minhash
+    import m3e_hq.flows.core.minhash
+    import m3e_hq.flows.stages.dedup
 
     folder, inputs, data = planted
     whole = dedup_sources(inputs, folder, DedupParams(), catalog)
-    monkeypatch.setattr(flows.dedup, "BATCH_ROWS", 2)
-    monkeypatch.setattr(flows.minhash, "BATCH_TEXTS", 3)
+    monkeypatch.setattr(m3e_hq.flows.stages.dedup, "BATCH_ROWS", 2)
+    monkeypatch.setattr(m3e_hq.flows.core.minhash, "BATCH_TEXTS", 3)
     other = tmp_path_factory.mktemp("batches")
     small = dedup_sources(inputs, other, DedupParams(), catalog)
     assert small.stats == whole.stats

@@ -16,20 +16,19 @@ from uuid import UUID
 
 import httpx
 import pytest
+from m3e_hq.flows import download, filters, ingest
+from m3e_hq.flows.cli import app
+from m3e_hq.flows.pipeline.artifacts import artifact_key, slug
+from m3e_hq.flows.pipeline.build import RESULTS_DIR, build_m3e_hq
+from m3e_hq.flows.pipeline.deploy import RUN_COMMAND, ServeError, serve
+from m3e_hq.flows.stages.mine import MineParams
+from m3e_hq.sources.fetch import Obtained
+from m3e_hq.sources.layout import SAMPLES_DIR
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_server import BIN, Server, free_port, stop, wait_until
 from typer.testing import CliRunner
-
-from flows import download, filters, ingest
-from flows.artifacts import artifact_key, slug
-from flows.build import RESULTS_DIR, build_m3e_hq
-from flows.cli import app
-from flows.deploy import RUN_COMMAND, ServeError, serve
-from flows.mine import MineParams
-from sources.fetch import Obtained
-from sources.layout import SAMPLES_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOYMENT = "build-m3e-hq/build-m3e-hq"

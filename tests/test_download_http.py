@@ -9,16 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pytest_httpserver import HTTPServer
-from werkzeug import Request, Response
-
-from sources.download_http import (
+from m3e_hq.sources.download_http import (
     ChecksumError,
     DownloadError,
     UnsafeArchiveError,
     download_file,
     extract_archive,
 )
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
 
 DATA = bytes(range(256)) * 400  # 102,400 bytes
 DATA_SHA = hashlib.sha256(DATA).hexdigest()

@@ -12,18 +12,17 @@ from pathlib import Path
 
 import pytest
 from conftest import EXPECTED_DIR, fake_commit
+from m3e_hq.flows.pipeline.build import build_sources, ingest_one
+from m3e_hq.flows.pipeline.download import MissingSourcesError, obtain_sources
+from m3e_hq.flows.pipeline.params import BuildParams
+from m3e_hq.sources import cache
+from m3e_hq.sources.catalog import HttpFile, HttpObtain, HubObtain, Source
+from m3e_hq.sources.download_http import file_sha256
+from m3e_hq.sources.fetch import fetch_source, source_status
+from m3e_hq.sources.layout import SAMPLES_DIR
 from pytest_httpserver import HTTPServer
 from test_download_http import in_sequence, serve_ranges
 from werkzeug import Request, Response
-
-from flows.build import build_sources, ingest_one
-from flows.download import MissingSourcesError, obtain_sources
-from flows.params import BuildParams
-from sources import cache
-from sources.catalog import HttpFile, HttpObtain, HubObtain, Source
-from sources.download_http import file_sha256
-from sources.fetch import fetch_source, source_status
-from sources.layout import SAMPLES_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -155,8 +154,8 @@ def test_warm_cache_works_with_hf_hub_offline_and_a_cold_one_fails_clearly(mock_
     script = (
         "import json, sys\n"
         "from pathlib import Path\n"
-        "from flows.download import obtain_sources\n"
-        "from flows.params import BuildParams\n"
+        "from m3e_hq.flows.pipeline.download import obtain_sources\n"
+        "from m3e_hq.flows.pipeline.params import BuildParams\n"
         "out = obtain_sources(BuildParams(sources=['cmrc2018', 'xlsum', 'BQ'], cache_dir=Path(sys.argv[1])))\n"
         "print(json.dumps({o.source: [o.status, o.message] for o in out}))\n"
     )

@@ -5,10 +5,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pydantic import ValidationError
-
-from flows import filters
-from flows.filters import (
+from m3e_hq.flows import filters
+from m3e_hq.flows.stages.filters import (
     ANSWER_REPEATS_QUESTION,
     BOILERPLATE,
     LOW_CJK_RATIO,
@@ -26,6 +24,7 @@ from flows.filters import (
     pair_reason,
     reasons,
 )
+from pydantic import ValidationError
 
 DEFAULTS = FilterParams()
 PASSAGE = ("黑死病被认为起源于中亚干旱平原，然后沿着丝绸之路行进，到1343年到达克里米亚。从那里开始，它很可能是由生活在"
@@ -281,8 +280,8 @@ def test_vectorised_repetition_matches_the_plain_one(key, n):
 
 
 def test_filter_stage_writes_kept_and_dropped_rows_with_the_accounting(tmp_path, catalog, monkeypatch):
-    from flows.ingest import tags
-    from schemas import M3E_HQ_SCHEMA
+    from m3e_hq.flows.stages.ingest import tags
+    from m3e_hq.schemas import M3E_HQ_SCHEMA
 
     rows = [{"id": f"{i:024x}", "text": text, "text_pos": text_pos, "split": "train",
              **tags(catalog.get("firefily" if task_type == "instruction" else "CINLID")), "homogeneous": homogeneous,

@@ -7,17 +7,16 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from m3e_hq.flows.cli import app, manual_markdown_table, markdown_table
+from m3e_hq.flows.core.negatives import NegativeParams
+from m3e_hq.flows.pipeline.build import FLOW_NAME, build_m3e_hq
+from m3e_hq.flows.pipeline.params import BuildParams
+from m3e_hq.flows.stages.mine import MineParams
+from m3e_hq.sources import adapters
+from m3e_hq.sources.layout import SAMPLES_DIR
 from prefect.testing.utilities import prefect_test_harness
 from pydantic import ValidationError
 from typer.testing import CliRunner
-
-from flows.build import FLOW_NAME, build_m3e_hq
-from flows.cli import app, manual_markdown_table, markdown_table
-from flows.mine import MineParams
-from flows.negatives import NegativeParams
-from flows.params import BuildParams
-from sources import adapters
-from sources.layout import SAMPLES_DIR
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -205,7 +204,7 @@ def test_readme_source_tables_are_generated_from_the_catalog(catalog):
 
 
 def test_readme_documents_every_stage_setting_and_reason():
-    from flows import dedup, filters, mine, negatives
+    from m3e_hq.flows import dedup, filters, mine, negatives
 
     readme = README.read_text(encoding="utf-8")
     names = [*filters.FilterParams.model_fields, *filters.REASONS, *dedup.REASONS, *mine.REASONS,

@@ -12,12 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from flows.accounting import StageCounts
-from flows.ingest import ingest_source
-from schemas import DROPPED_SCHEMA, M3E_HQ_SCHEMA, validate_table
-from sources.catalog import default_catalog
-from sources.readers import SourceFile
+from m3e_hq.flows.core.accounting import StageCounts
+from m3e_hq.flows.stages.ingest import ingest_source
+from m3e_hq.schemas import DROPPED_SCHEMA, M3E_HQ_SCHEMA, validate_table
+from m3e_hq.sources.catalog import default_catalog
+from m3e_hq.sources.readers import SourceFile
 
 CATALOG = default_catalog()
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,12 +6,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from flows.accounting import AccountingError, StageCounts, StageWriter
-from flows.ingest import ingest_source
-from schemas import DROPPED_SCHEMA, M3E_HQ_SCHEMA, SchemaError, validate_table
-from sources.catalog import default_catalog
-from sources.layout import SAMPLES_DIR, locate
+from m3e_hq.flows.core.accounting import AccountingError, StageCounts, StageWriter
+from m3e_hq.flows.stages.ingest import ingest_source
+from m3e_hq.schemas import DROPPED_SCHEMA, M3E_HQ_SCHEMA, SchemaError, validate_table
+from m3e_hq.sources.catalog import default_catalog
+from m3e_hq.sources.layout import SAMPLES_DIR, locate
 
 NAMES = default_catalog().names
 

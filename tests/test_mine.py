@@ -1,4 +1,4 @@
-"""The mine stage (flows.mine) with tiny random BERT models built from a config: negatives, teacher scores, the
+"""The mine stage (m3e_hq.flows.stages.mine) with tiny random BERT models built from a config: negatives, teacher scores, the
 accounting, reproducibility, shortfalls, and clear failures on a GPU path without a GPU."""
 
 import json
@@ -9,14 +9,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from m3e_hq.flows.core.encode import encode, load_encoder
+from m3e_hq.flows.core.negatives import NegativeParams
+from m3e_hq.flows.core.teacher import CrossEncoderTeacher
+from m3e_hq.flows.stages.dedup import key
+from m3e_hq.flows.stages.mine import NO_NEGATIVES, MineParams, merge, mine_sources
+from m3e_hq.schemas import M3E_HQ_SCHEMA, M3E_HQ_WITH_SCORE_SCHEMA
 from test_dedup import rows_of
-
-from flows.dedup import key
-from flows.encode import encode, load_encoder
-from flows.mine import NO_NEGATIVES, MineParams, merge, mine_sources
-from flows.negatives import NegativeParams
-from flows.teacher import CrossEncoderTeacher
-from schemas import M3E_HQ_SCHEMA, M3E_HQ_WITH_SCORE_SCHEMA
 
 COMMON = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)]
 # No margin: a random model's cosines say nothing about which text is the positive.
@@ -171,7 +170,7 @@ def test_gpu_paths_without_a_gpu_fail_with_what_to_do(two_sources, catalog, tiny
 
 @pytest.mark.parametrize("prompt", ["", "查询："])
 def test_fast_encoding_equals_sentence_transformers_encode(tiny_encoder, prompt):
-    from flows.encode import embed
+    from m3e_hq.flows.core.encode import embed
 
     model = load_encoder(str(tiny_encoder), "cpu")
     texts = [q + p for q, p in random_pairs(50, seed=6)] + ["好", "", "a" * 600]

@@ -1,11 +1,10 @@
-"""Near-duplicate detection (flows.minhash) against plain-Python references on small inputs."""
+"""Near-duplicate detection (m3e_hq.flows.core.minhash) against plain-Python references on small inputs."""
 
 import random
 
 import numpy as np
 import pytest
-
-from flows.minhash import (
+from m3e_hq.flows.core.minhash import (
     MinHashParams,
     ParquetTexts,
     jaccard,
@@ -117,13 +116,13 @@ def test_pairs_count_only_when_every_part_is_a_near_duplicate():
 
 
 def test_band_keys_spilled_to_parquet_give_the_same_clusters(tmp_path, monkeypatch):
-    import flows.minhash
+    import m3e_hq.flows.core.minhash
 
     rng = random.Random(12)
     originals = ["".join(rng.choices(COMMON, k=60)) for _ in range(300)]
     texts = originals + [t[:20] + "错" + t[21:] for t in originals[:100]]
     want = near_duplicates(texts, PARAMS)
-    monkeypatch.setattr(flows.minhash, "BATCH_TEXTS", 64)  # several batches, several files
+    monkeypatch.setattr(m3e_hq.flows.core.minhash, "BATCH_TEXTS", 64)  # several batches, several files
     got = near_duplicates(texts, PARAMS, spill_dir=tmp_path)
     assert len(list(tmp_path.glob("*.parquet"))) == 7
     assert np.array_equal(want.labels, got.labels) and want.pairs.equals(got.pairs)
@@ -131,10 +130,9 @@ def test_band_keys_spilled_to_parquet_give_the_same_clusters(tmp_path, monkeypat
 
 
 def test_texts_read_from_parquet_in_batches_give_the_same_clusters(tmp_path, monkeypatch):
+    import m3e_hq.flows.core.minhash
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    import flows.minhash
 
     rng = random.Random(13)
     originals = ["".join(rng.choices(COMMON, k=50)) for _ in range(200)]
@@ -142,7 +140,7 @@ def test_texts_read_from_parquet_in_batches_give_the_same_clusters(tmp_path, mon
     rows = np.array(sorted(rng.sample(range(len(texts)), 240)))  # a subset of the file's rows, in order
     path = tmp_path / "keys.parquet"
     pq.write_table(pa.table({"text": texts}), path, row_group_size=50)
-    monkeypatch.setattr(flows.minhash, "BATCH_TEXTS", 37)  # batches that do not line up with the rows
+    monkeypatch.setattr(m3e_hq.flows.core.minhash, "BATCH_TEXTS", 37)  # batches that do not line up with the rows
     subset = [texts[i] for i in rows]
     want = near_duplicates(subset, PARAMS)
     got = near_duplicates(ParquetTexts(path, "text", rows), PARAMS, parts=[ParquetTexts(path, "text", rows)])
@@ -152,13 +150,13 @@ def test_texts_read_from_parquet_in_batches_give_the_same_clusters(tmp_path, mon
 
 
 def test_matches_finds_every_near_duplicate_of_a_few_queries_in_a_corpus(monkeypatch):
-    import flows.minhash
+    import m3e_hq.flows.core.minhash
 
     rng = random.Random(14)
     corpus = ["".join(rng.choices(COMMON, k=rng.choice([12, 40, 90]))) for _ in range(400)]
     long = [i for i, t in enumerate(corpus) if len(t) == 90][:3]
     queries = [corpus[i][:5] + "错" + corpus[i][6:] for i in long] + ["".join(rng.choices(COMMON, k=30))]
-    monkeypatch.setattr(flows.minhash, "BATCH_TEXTS", 64)
+    monkeypatch.setattr(m3e_hq.flows.core.minhash, "BATCH_TEXTS", 64)
     found = matches(queries, corpus, PARAMS)
     a = np.repeat(np.arange(len(queries)), len(corpus))
     b = np.tile(np.arange(len(corpus)), len(queries)) + len(queries)

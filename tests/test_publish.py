@@ -1,4 +1,4 @@
-"""Publishing (flows.publish) the samples build: every config of both folders loads offline with the build's rows,
+"""Publishing (m3e_hq.flows.stages.publish) the samples build: every config of both folders loads offline with the build's rows,
 the trainer configs train a tiny model for a step, the commercial-only export holds only commercial sources, a
 failed publish leaves the previous one intact, and the cards parse and the checksums match."""
 
@@ -15,10 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from pydantic import ValidationError
-
-from flows import publish as publish_module
-from flows.publish import (
+from m3e_hq.flows import publish as publish_module
+from m3e_hq.flows.stages.publish import (
     COMMERCIAL,
     DEFAULT,
     M3E_HQ,
@@ -31,7 +29,8 @@ from flows.publish import (
     flagembedding_lines,
     publish,
 )
-from sources.catalog import Catalog
+from m3e_hq.sources.catalog import Catalog
+from pydantic import ValidationError
 
 SHARD_ROWS = 500
 STAGE = {M3E_HQ: "filter", WITH_SCORE: "mine"}

@@ -8,6 +8,16 @@ from pathlib import Path
 import httpx
 import pyarrow.parquet as pq
 import pytest
+from m3e_hq.flows.cli import app, one_api_server
+from m3e_hq.flows.pipeline.build import (
+    LOCAL_RAY,
+    TaskRunnerError,
+    build_m3e_hq,
+    filter_outputs,
+    gpus_per_task,
+    task_runner,
+)
+from m3e_hq.flows.stages.mine import MineParams, encode_jobs, encode_shard, mine_sources
 from prefect.context import serialize_context
 from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -15,10 +25,6 @@ from prefect.testing.utilities import prefect_test_harness
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import RemoteOptionsContext
 from typer.testing import CliRunner
-
-from flows.build import LOCAL_RAY, TaskRunnerError, build_m3e_hq, filter_outputs, gpus_per_task, task_runner
-from flows.cli import app, one_api_server
-from flows.mine import MineParams, encode_jobs, encode_shard, mine_sources
 
 STAGES = ("ingest", "dedup", "filter", "mine", "m3e-hq", "m3e-hq-with-score")
 # Every adapter and native format (Parquet, JSON Lines, gzip, JSON, GBK JSON, CSV, SQuAD, NL2SQL), the text

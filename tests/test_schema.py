@@ -2,8 +2,15 @@
 
 import pyarrow as pa
 import pytest
-
-from schemas import M3E_HQ_SCHEMA, M3E_HQ_WITH_SCORE_SCHEMA, Domain, SchemaError, TaskType, row_id, validate_table
+from m3e_hq.schemas import (
+    M3E_HQ_SCHEMA,
+    M3E_HQ_WITH_SCORE_SCHEMA,
+    Domain,
+    SchemaError,
+    TaskType,
+    row_id,
+    validate_table,
+)
 
 
 def good_row(**overrides) -> dict:

@@ -1,4 +1,4 @@
-"""Top-k search (flows.search) against a brute-force numpy reference, and its backend choice and errors."""
+"""Top-k search (m3e_hq.flows.core.search) against a brute-force numpy reference, and its backend choice and errors."""
 
 import logging
 
@@ -6,9 +6,8 @@ import faiss
 import numpy as np
 import pytest
 import torch
-
-from flows import search as search_module
-from flows.search import (
+from m3e_hq.flows import search as search_module
+from m3e_hq.flows.core.search import (
     FAISS_GPU_MAX_K,
     SEARCH_MEMORY,
     backend_status,

@@ -2,12 +2,12 @@
 
 from collections.abc import Iterator
 
-from sources.adapters.base import Candidate
-from sources.adapters.flat import adapt_flat
-from sources.adapters.squad import adapt_squad
-from sources.adapters.tableqa import adapt_tableqa
-from sources.catalog import Source
-from sources.readers import SourceFile
+from m3e_hq.sources.adapters.base import Candidate
+from m3e_hq.sources.adapters.flat import adapt_flat
+from m3e_hq.sources.adapters.squad import adapt_squad
+from m3e_hq.sources.adapters.tableqa import adapt_tableqa
+from m3e_hq.sources.catalog import Source
+from m3e_hq.sources.readers import SourceFile
 
 ADAPTERS = {"flat": adapt_flat, "squad": adapt_squad, "tableqa": adapt_tableqa}
 

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from typing import Any
 
-from sources.readers import NativeRecord
+from m3e_hq.sources.readers import NativeRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,10 +5,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import zhconv
-
-from sources.adapters.base import Candidate, rejected
-from sources.catalog import FlatAdapter, PairFields
-from sources.readers import NativeRecord, SourceFile, read_records
+from m3e_hq.sources.adapters.base import Candidate, rejected
+from m3e_hq.sources.catalog import FlatAdapter, PairFields
+from m3e_hq.sources.readers import NativeRecord, SourceFile, read_records
 
 JOIN = "\n"
 

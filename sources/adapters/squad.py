@@ -2,9 +2,9 @@
 
 from collections.abc import Iterator
 
-from sources.adapters.base import Candidate, rejected
-from sources.catalog import SquadAdapter
-from sources.readers import NativeRecord, SourceFile, read_records
+from m3e_hq.sources.adapters.base import Candidate, rejected
+from m3e_hq.sources.catalog import SquadAdapter
+from m3e_hq.sources.readers import NativeRecord, SourceFile, read_records
 
 
 def adapt_squad(files: list[SourceFile], spec: SquadAdapter) -> Iterator[Candidate]:

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sources.adapters.base import Candidate, rejected
-from sources.catalog import TableQAAdapter
-from sources.readers import SourceFile, read_records
+from m3e_hq.sources.adapters.base import Candidate, rejected
+from m3e_hq.sources.catalog import TableQAAdapter
+from m3e_hq.sources.readers import SourceFile, read_records
 
 AGGREGATES = {0: "", 1: "AVG", 2: "MAX", 3: "MIN", 4: "COUNT", 5: "SUM"}
 OPERATORS = {0: ">", 1: "<", 2: "=", 3: "!="}

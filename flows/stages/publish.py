@@ -27,13 +27,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
+from m3e_hq.flows.core.manifest import MANIFEST_NAME
+from m3e_hq.schemas import M3E_HQ_SCHEMA, M3E_HQ_WITH_SCORE_SCHEMA
+from m3e_hq.sources.catalog import Catalog, HubObtain
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field
-
-from flows.manifest import MANIFEST_NAME
-from schemas import M3E_HQ_SCHEMA, M3E_HQ_WITH_SCORE_SCHEMA
-from sources.catalog import Catalog, HubObtain
 
 M3E_HQ, WITH_SCORE = "m3e-hq", "m3e-hq-with-score"
 DEFAULT, COMMERCIAL, TRIPLETS, SCORED_PAIRS = "default", "commercial", "triplets", "scored-pairs"

@@ -3,18 +3,17 @@
 from pathlib import Path
 from typing import Literal
 
+from m3e_hq.flows.stages.clean import DEFAULT_MAX_CHARS
+from m3e_hq.flows.stages.dedup import DedupParams
+from m3e_hq.flows.stages.filters import FilterParams
+from m3e_hq.flows.stages.mine import MineParams
+from m3e_hq.flows.stages.publish import PublishParams
+from m3e_hq.sources import cache
+from m3e_hq.sources.catalog import default_catalog
+from m3e_hq.sources.layout import SAMPLES_DIR
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from flows.clean import DEFAULT_MAX_CHARS
-from flows.dedup import DedupParams
-from flows.filters import FilterParams
-from flows.mine import MineParams
-from flows.publish import PublishParams
-from sources import cache
-from sources.catalog import default_catalog
-from sources.layout import SAMPLES_DIR
-
-BUILD_ROOT = Path(__file__).resolve().parent.parent / "data" / "build"
+BUILD_ROOT = Path("data") / "build"  # in the working directory
 
 
 class BuildParams(BaseModel):
@@ -76,7 +75,7 @@ class BuildParams(BaseModel):
 
     @property
     def build_dir(self) -> Path:
-        return self.out_dir or BUILD_ROOT / self.mode
+        return self.out_dir or Path.cwd() / BUILD_ROOT / self.mode
 
     @property
     def embedding_cache(self) -> Path:

@@ -32,6 +32,25 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Annotated, Any, Generic, ParamSpec, TypeVar
 
+from m3e_hq.flows.core.accounting import OutputError, StageCounts
+from m3e_hq.flows.core.manifest import write_manifest
+from m3e_hq.flows.pipeline.artifacts import publish_artifacts
+from m3e_hq.flows.pipeline.download import obtain_mapped, obtain_sources
+from m3e_hq.flows.pipeline.params import BuildParams
+from m3e_hq.flows.pipeline.push import push_to_hub
+from m3e_hq.flows.stages.clean import DEFAULT_MAX_CHARS
+from m3e_hq.flows.stages.dedup import STAGE as DEDUP
+from m3e_hq.flows.stages.dedup import DedupParams, DedupResult, dedup_sources
+from m3e_hq.flows.stages.filters import STAGE as FILTER
+from m3e_hq.flows.stages.filters import FilterParams, filter_source
+from m3e_hq.flows.stages.ingest import STAGE as INGEST
+from m3e_hq.flows.stages.ingest import ingest_source
+from m3e_hq.flows.stages.mine import STAGE as MINE
+from m3e_hq.flows.stages.mine import MineParams, MineResult, encode_shard, groups, merge, mine_sources
+from m3e_hq.flows.stages.publish import PublishParams, PublishResult, publish
+from m3e_hq.sources.catalog import Catalog, ManualObtain, Source, default_catalog
+from m3e_hq.sources.fetch import Obtained, manual_guidance
+from m3e_hq.sources.layout import locate
 from prefect import Task, flow, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.context import FlowRunContext, TaskRunContext
@@ -39,26 +58,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.hashing import hash_objects
 from pydantic import BaseModel, Field
 
-from flows import progress
-from flows.accounting import OutputError, StageCounts
-from flows.artifacts import publish_artifacts
-from flows.clean import DEFAULT_MAX_CHARS
-from flows.dedup import STAGE as DEDUP
-from flows.dedup import DedupParams, DedupResult, dedup_sources
-from flows.download import obtain_mapped, obtain_sources
-from flows.filters import STAGE as FILTER
-from flows.filters import FilterParams, filter_source
-from flows.ingest import STAGE as INGEST
-from flows.ingest import ingest_source
-from flows.manifest import write_manifest
-from flows.mine import STAGE as MINE
-from flows.mine import MineParams, MineResult, encode_shard, groups, merge, mine_sources
-from flows.params import BuildParams
-from flows.publish import PublishParams, PublishResult, publish
-from flows.push import push_to_hub
-from sources.catalog import Catalog, ManualObtain, Source, default_catalog
-from sources.fetch import Obtained, manual_guidance
-from sources.layout import locate
+from m3e_hq import progress
 
 FLOW_NAME = "build-m3e-hq"
 RESULTS_DIR = ".prefect-results"  # in the build folder: the stages' cached results

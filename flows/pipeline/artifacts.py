@@ -10,10 +10,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from m3e_hq.flows.core.accounting import StageCounts
+from m3e_hq.flows.core.manifest import stage_totals
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
-from flows.accounting import StageCounts
-from flows.manifest import stage_totals
 
 
 def slug(text: str) -> str:

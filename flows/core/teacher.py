@@ -12,9 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from m3e_hq.flows.core.encode import Tokens, model_location, resolve_device
 from sentence_transformers import CrossEncoder
-
-from flows.encode import Tokens, model_location, resolve_device
 
 BI_ENCODER = "bi-encoder"
 COSINE_SCALE = "cosine[-1,1]"

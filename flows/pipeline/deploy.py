@@ -10,10 +10,9 @@ PREFECT_SERVER_ANALYTICS_ENABLED=false), as every m3e-hq command does.
 
 import os
 
+from m3e_hq.flows.pipeline.build import FLOW_NAME, build_m3e_hq
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
-
-from flows.build import FLOW_NAME, build_m3e_hq
 
 DEPLOYMENT_NAME = FLOW_NAME
 RUN_COMMAND = f"prefect deployment run {FLOW_NAME}/{DEPLOYMENT_NAME}"

@@ -11,15 +11,14 @@ cannot fix (HTTP 404, a checksum mismatch, a missing manual source) is reported 
 
 import re
 
+from m3e_hq.flows.pipeline.params import BuildParams
+from m3e_hq.sources.catalog import default_catalog
+from m3e_hq.sources.fetch import Obtained, fetch_source
 from prefect import Task, flow, task, unmapped
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
-
-from flows.params import BuildParams
-from sources.catalog import default_catalog
-from sources.fetch import Obtained, fetch_source
 
 DOWNLOAD_FLOW_NAME = "download-m3e-hq-sources"
 RETRY_DELAYS = [10, 30, 90]

@@ -8,12 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flows.accounting import StageCounts, StageWriter
-from flows.clean import DEFAULT_MAX_CHARS, check_side
-from schemas import M3E_HQ_SCHEMA, row_id
-from sources.adapters import Candidate, candidates
-from sources.catalog import Source
-from sources.readers import SourceFile
+from m3e_hq.flows.core.accounting import StageCounts, StageWriter
+from m3e_hq.flows.stages.clean import DEFAULT_MAX_CHARS, check_side
+from m3e_hq.schemas import M3E_HQ_SCHEMA, row_id
+from m3e_hq.sources.adapters import Candidate, candidates
+from m3e_hq.sources.catalog import Source
+from m3e_hq.sources.readers import SourceFile
 
 STAGE = "ingest"
 # Rows the source's own rule leaves out (not positive pairs); every other reason marks a malformed row.

@@ -10,8 +10,7 @@ import logging
 from pathlib import Path
 
 from huggingface_hub import HfApi
-
-from sources.download_hub import endpoint, headers
+from m3e_hq.sources.download_hub import endpoint, headers
 
 CHECKSUMS = "SHA256SUMS"
 log = logging.getLogger("m3e_hq.push")

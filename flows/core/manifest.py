@@ -5,8 +5,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flows.accounting import StageCounts, write_json_atomic
-from sources.catalog import CATALOG_PATH
+from m3e_hq.flows.core.accounting import StageCounts
+from m3e_hq.sources.catalog import CATALOG_PATH
+
+from m3e_hq.files import write_json_atomic
 
 MANIFEST_NAME = "manifest.json"
 

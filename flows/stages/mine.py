@@ -1,8 +1,8 @@
 """Mine stage: m3e-hq rows → m3e-hq-with-score rows (hard negatives and teacher scores), across all sources.
 
     rows of a pool (a source, or all sources) ─► distinct queries and distinct positives encoded once (cached)
-      ─► top-k search of each query among the pool's positives (flows.search: FAISS GPU, torch CUDA or FAISS CPU)
-      ─► negatives selected (flows.negatives: rank window, positive-aware margin, near-duplicate exclusion, seed)
+      ─► top-k search of each query among the pool's positives (m3e_hq.flows.core.search: FAISS GPU, torch CUDA or FAISS CPU)
+      ─► negatives selected (m3e_hq.flows.core.negatives: rank window, positive-aware margin, near-duplicate exclusion, seed)
       ─► teacher scores of (query, positive) and each (query, negative), a pool at a time (one teacher, one scale)
       ─► false negatives removed (a negative the teacher scores too close to the positive), pair-consistency
          filter (optional), rows left with too few negatives dropped
@@ -25,18 +25,25 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from m3e_hq.flows.core.accounting import StageCounts, StageWriter, dropped_rows
+from m3e_hq.flows.core.encode import DEFAULT_ENCODER, encode, load_encoder
+from m3e_hq.flows.core.minhash import MinHashParams
+from m3e_hq.flows.core.negatives import (
+    NegativeParams,
+    Pool,
+    Queries,
+    keys_and_signatures,
+    margin_limit,
+    select_negatives,
+)
+from m3e_hq.flows.core.search import search
+from m3e_hq.flows.core.teacher import BI_ENCODER, COSINE_SCALE, CrossEncoderTeacher, cosine
+from m3e_hq.flows.stages.filters import LOW_PAIR_SCORE
+from m3e_hq.schemas import M3E_HQ_WITH_SCORE_SCHEMA
+from m3e_hq.sources.catalog import Catalog
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows import progress
-from flows.accounting import StageCounts, StageWriter, dropped_rows
-from flows.encode import DEFAULT_ENCODER, encode, load_encoder
-from flows.filters import LOW_PAIR_SCORE
-from flows.minhash import MinHashParams
-from flows.negatives import NegativeParams, Pool, Queries, keys_and_signatures, margin_limit, select_negatives
-from flows.search import search
-from flows.teacher import BI_ENCODER, COSINE_SCALE, CrossEncoderTeacher, cosine
-from schemas import M3E_HQ_WITH_SCORE_SCHEMA
-from sources.catalog import Catalog
+from m3e_hq import progress
 
 STAGE = "mine"
 NO_NEGATIVES = "no_negatives"

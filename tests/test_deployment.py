@@ -16,7 +16,8 @@ from uuid import UUID
 
 import httpx
 import pytest
-from m3e_hq.flows import download, filters, ingest
+from m3e_hq.flows.pipeline import download
+from m3e_hq.flows.stages import filters, ingest
 from m3e_hq.flows.cli import app
 from m3e_hq.flows.pipeline.artifacts import artifact_key, slug
 from m3e_hq.flows.pipeline.build import RESULTS_DIR, build_m3e_hq

@@ -5,7 +5,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from m3e_hq.flows import filters
+from m3e_hq.flows.stages import filters
 from m3e_hq.flows.stages.filters import (
     ANSWER_REPEATS_QUESTION,
     BOILERPLATE,

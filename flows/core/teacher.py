@@ -15,8 +15,6 @@ import torch
 from m3e_hq.flows.core.encode import Tokens, model_location, resolve_device
 from sentence_transformers import CrossEncoder
 
-BI_ENCODER = "bi-encoder"
-COSINE_SCALE = "cosine[-1,1]"
 SIGMOID_SCALE = "sigmoid[0,1]"
 log = logging.getLogger("m3e_hq.teacher")
 

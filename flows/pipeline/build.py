@@ -1,69 +1,75 @@
-"""The `build-m3e-hq` Prefect flow: a thin shell over the plain stage functions.
+"""The `build-m3e-hq` Prefect flow: a thin shell that runs the list of stages.
 
-    obtain + ingest (per source) ─► dedup (all sources) ─► filter (per source) ─► mine (per source) ─► manifest
+    obtain (per source) ─► STAGES: ingest (per source) ─► dedup (all sources) ─► filter (per source)
+                                   ─► mine (per source, or all with mine.pool="all") ─► manifest ─► publish
 
-`build_sources` is the plain function (no Prefect); the flow maps one obtain task (download, cache or manual
-folder) and one ingest task per source, runs one dedup task over every ingested source, maps one filter task per
-source, runs one mine task (hard negatives, teacher scores) per filtered source (one over all of them with
-`mine.pool="all"`), merges their results, and writes the manifest.
-A source that cannot be obtained is reported as skipped, unavailable or failed, one whose folder lacks its files as
-missing, one whose ingest raises as failed: none of these stops the other sources.
+`STAGES` is the pipeline; `flows.core.stage.run_stages` runs it, each stage's kept files the next one's inputs:
+`build_sources` in this process (no Prefect), the flow with every unit of work a cached Prefect task
+(`PrefectTasks`). A source that cannot be obtained is reported as skipped, unavailable or failed, one whose folder
+lacks its files as missing, one whose ingest raises as failed: none of these stops the other sources.
 
-With `mine.encode_shards` > 1, that many encode tasks fill the embedding cache before the mine task, which then finds
-every embedding cached. The tasks run on 4 threads (the decorator's default) or, with
+With `mine.encode_shards` > 1, that many encode tasks fill the embedding cache before the mine tasks, which then
+find every embedding cached. The tasks run on 4 threads (the decorator's default) or, with
 `build_m3e_hq.with_options(task_runner=task_runner("ray", address))`, on Ray (prefect-ray), where the encode shards
 and the mine tasks ask for one GPU each when the models run on CUDA.
 
-Resuming: in the flow, each shard of work (the ingest of one source's files, dedup, the filter of one source, an
+Resuming: in the flow, each unit of work (the ingest of one source's files, dedup, the filter of one source, an
 encode shard, the mining of one source) is a task cached on its inputs, the size and modification time of every file
-it reads, and its source code, its result (paths and counts) kept in `<build_dir>/.prefect-results/`. A run after a
-failure starts again at the failed shard; a changed input, parameter or stage function runs that shard again and the
-stages after it, and so does a stage output removed or overwritten since (e.g. by a build with other settings into
-the same folder). Delete the build folder or set PREFECT_TASKS_REFRESH_CACHE=true to build from scratch.
+it reads, and the source of its stage's module, its result (paths and counts) kept in `<build_dir>/.prefect-results/`.
+A run after a failure starts again at the failed unit; a changed input, parameter or stage module runs that unit
+again and the stages after it, and so does a stage output removed or overwritten since (e.g. by a build with other
+settings into the same folder). Delete the build folder or set PREFECT_TASKS_REFRESH_CACHE=true to build from scratch.
 """
 
 import functools
+import inspect
 import logging
 import os
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Annotated, Any, Generic, ParamSpec, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from m3e_hq.flows.core.accounting import OutputError, StageCounts
-from m3e_hq.flows.core.manifest import write_manifest
-from m3e_hq.flows.pipeline.artifacts import publish_artifacts
-from m3e_hq.flows.pipeline.download import obtain_mapped, obtain_sources
-from m3e_hq.flows.pipeline.params import BuildParams
-from m3e_hq.flows.pipeline.push import push_to_hub
-from m3e_hq.flows.stages.clean import DEFAULT_MAX_CHARS
-from m3e_hq.flows.stages.dedup import STAGE as DEDUP
-from m3e_hq.flows.stages.dedup import DedupParams, DedupResult, dedup_sources
-from m3e_hq.flows.stages.filters import STAGE as FILTER
-from m3e_hq.flows.stages.filters import FilterParams, filter_source
-from m3e_hq.flows.stages.ingest import STAGE as INGEST
-from m3e_hq.flows.stages.ingest import ingest_source
-from m3e_hq.flows.stages.mine import STAGE as MINE
-from m3e_hq.flows.stages.mine import MineParams, MineResult, encode_shard, groups, merge, mine_sources
-from m3e_hq.flows.stages.publish import PublishParams, PublishResult, publish
-from m3e_hq.sources.catalog import Catalog, ManualObtain, Source, default_catalog
-from m3e_hq.sources.fetch import Obtained, manual_guidance
-from m3e_hq.sources.layout import locate
 from prefect import Task, flow, task
-from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+from prefect.cache_policies import INPUTS, CachePolicy
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.hashing import hash_objects
 from pydantic import BaseModel, Field
 
-from m3e_hq import progress
+from m3e_hq.flows.core.accounting import StageCounts
+from m3e_hq.flows.core.manifest import write_manifest
+from m3e_hq.flows.core.stage import (
+    Context,
+    Failed,
+    InProcess,
+    PipelineRun,
+    Stage,
+    StageResult,
+    attempt,
+    run_stages,
+)
+from m3e_hq.flows.pipeline.artifacts import publish_artifacts
+from m3e_hq.flows.pipeline.download import obtain_mapped, obtain_sources
+from m3e_hq.flows.pipeline.params import BuildParams
+from m3e_hq.flows.pipeline.push import push_to_hub
+from m3e_hq.flows.stages.clean import DEFAULT_MAX_CHARS
+from m3e_hq.flows.stages.dedup import DEDUP, DedupParams
+from m3e_hq.flows.stages.filters import FILTER, FilterParams
+from m3e_hq.flows.stages.ingest import INGEST
+from m3e_hq.flows.stages.mine import MINE, MineParams
+from m3e_hq.flows.stages.publish import PublishParams, PublishResult, publish
+from m3e_hq.sources.catalog import ManualObtain, Source, default_catalog
+from m3e_hq.sources.fetch import Obtained, manual_guidance
+from m3e_hq.sources.layout import locate
+from m3e_hq.sources.readers import SourceFile
 
 FLOW_NAME = "build-m3e-hq"
 RESULTS_DIR = ".prefect-results"  # in the build folder: the stages' cached results
+# The pipeline: adding a stage is one module exporting a Stage and one entry here.
+STAGES: list[Stage] = [INGEST, DEDUP, FILTER, MINE]
 
-P = ParamSpec("P")
 R = TypeVar("R")
 Stamp = tuple[str, int, int]  # a file's path, size in bytes and modification time in ns
 
@@ -96,58 +102,82 @@ def missing_message(source: Source, folder: Path) -> str:
     return f"no files matching {', '.join(g.glob for g in source.files)} in {folder}/"
 
 
-def ingest_one(obtained: Obtained, build_dir: Path, max_chars: int,
-               ingest: Callable[..., StageCounts] = ingest_source) -> SourceResult:
-    """Ingest one obtained source with `ingest` (ingest_source's arguments); absent files and errors become a status,
-    never an exception, except an OutputError (the build folder cannot be written)."""
-    name = obtained.source
-    summary = obtained.summary()
-    if not obtained.ok or obtained.folder is None:
-        return SourceResult(name, obtained.status, obtained.message, missing_files=obtained.missing,
-                            obtained=summary)
-    source = default_catalog().get(name)
-    located = locate(source, obtained.folder)
-    files = [f.relpath for f in located.files]
-    if not located.files:
-        return SourceResult(name, "missing", missing_message(source, obtained.folder), missing_files=located.missing,
-                            obtained=summary)
-    try:
-        counts = ingest(source, located.files, build_dir, max_chars, progress.counter(name))
-    except OutputError:  # the build folder, not the source: every source would fail alike
-        raise
-    except Exception as exc:  # noqa: BLE001 - reported per source: one broken source does not stop the build
-        detail = "".join(traceback.format_exception_only(exc)).strip()
-        return SourceResult(name, "failed", detail, files, located.missing, summary)
-    return SourceResult(name, "ok", obtained.message, files, located.missing, summary, counts)
+@dataclass
+class Intake:
+    """The obtained sources: the located native files of those that can be ingested (the first stage's inputs),
+    and the result of each of the others."""
+
+    obtained: dict[str, Obtained] = field(default_factory=dict)
+    files: dict[str, list[SourceFile]] = field(default_factory=dict)
+    missing: dict[str, list[str]] = field(default_factory=dict)  # per source, the globs that matched nothing
+    not_ingested: dict[str, SourceResult] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, obtained: list[Obtained]) -> "Intake":
+        intake = cls()
+        for o in obtained:
+            intake.add(o)
+        return intake
+
+    def add(self, o: Obtained) -> None:
+        self.obtained[o.source] = o
+        if not o.ok or o.folder is None:
+            self.not_ingested[o.source] = SourceResult(o.source, o.status, o.message, missing_files=o.missing,
+                                                       obtained=o.summary())
+            return
+        source = default_catalog().get(o.source)
+        located = locate(source, o.folder)
+        self.missing[o.source] = located.missing
+        if located.files:
+            self.files[o.source] = located.files
+        else:
+            self.not_ingested[o.source] = SourceResult(o.source, "missing", missing_message(source, o.folder),
+                                                       missing_files=located.missing, obtained=o.summary())
+
+    def results(self, run: PipelineRun) -> list[SourceResult]:
+        """Every source's result, in the order obtained, once the pipeline has run."""
+        ingested = {c.source: c for c in run.results[INGEST.name].counts} if INGEST.name in run.results else {}
+        return [self.result(name, ingested.get(name), run.failed.get(name)) for name in self.obtained]
+
+    def result(self, name: str, counts: StageCounts | None, failure: str | None) -> SourceResult:
+        if name in self.not_ingested:
+            return self.not_ingested[name]
+        o = self.obtained[name]
+        files, missing = [f.relpath for f in self.files[name]], self.missing[name]
+        if failure is not None:
+            return SourceResult(name, "failed", failure, files, missing, o.summary())
+        return SourceResult(name, "ok", o.message, files, missing, o.summary(), counts)
 
 
-def ingested(results: list[SourceResult]) -> dict[str, Path]:
-    """The ingest output of every source that was ingested."""
-    return {r.source: Path(r.counts.kept_path) for r in results if r.counts is not None and r.counts.kept_path}
+def context(params: BuildParams) -> Context:
+    return Context(params.build_dir, default_catalog(), params.embedding_cache)
 
 
-def filter_outputs(filtered: list[StageCounts]) -> dict[str, Path]:
-    """The filter output of every filtered source."""
-    return {c.source: Path(c.kept_path) for c in filtered if c.kept_path}
+def ingest_one(obtained: Obtained, build_dir: Path, max_chars: int) -> SourceResult:
+    """Ingest one obtained source in this process; absent files and errors become its status."""
+    intake = Intake.of([obtained])
+    params = BuildParams(out_dir=build_dir, max_chars=max_chars)
+    [result] = intake.results(run_stages([INGEST], intake.files, params, context(params)))
+    return result
 
 
-def finish(params: BuildParams, results: list[SourceResult], dedup: DedupResult, filtered: list[StageCounts],
-           mined: MineResult) -> dict[str, Any]:
+def finish(params: BuildParams, results: list[SourceResult], run: PipelineRun) -> dict[str, Any]:
     """Write the manifest for the results and return the build summary."""
-    stages = {INGEST: [r.counts for r in results if r.counts is not None], DEDUP: dedup.counts, FILTER: filtered,
-              MINE: mined.counts}
+    stages = {name: result.counts for name, result in run.results.items()}
+    stats = {name: result.stats for name, result in run.results.items() if result.stats}
     path = write_manifest(params.build_dir, params.model_dump(mode="json"),
-                          {r.source: r.summary() for r in results}, stages, {DEDUP: dedup.stats, MINE: mined.stats})
+                          {r.source: r.summary() for r in results}, stages, stats)
     return {"manifest": str(path), "build_dir": str(params.build_dir), "results": results, "stages": stages}
 
 
 def release(params: BuildParams, summary: dict[str, Any]) -> dict[str, Any]:
     """Publish m3e-hq and m3e-hq-with-score into the build folder (and to the Hub when asked); the summary with the
     published folders (and commit URLs)."""
-    kept = {stage: sum(c.kept for c in summary["stages"][stage]) for stage in (FILTER, MINE)}
+    kept = {stage: sum(c.kept for c in summary["stages"][stage]) for stage in (FILTER.name, MINE.name)}
     if not all(kept.values()):
-        return {**summary, "published": {"folders": {}, "skipped": f"nothing to publish: {kept[FILTER]} rows left "
-                                                                   f"after the filters, {kept[MINE]} after mining"}}
+        return {**summary, "published": {"folders": {}, "skipped": f"nothing to publish: {kept[FILTER.name]} rows "
+                                                                   f"left after the filters, {kept[MINE.name]} after "
+                                                                   "mining"}}
     result = publish(params.build_dir, params.build_dir, params.publish, default_catalog())
     published = {"folders": {"m3e-hq": str(result.m3e_hq.folder), "m3e-hq-with-score": str(result.with_score.folder)}}
     if params.push_to_hub:
@@ -161,15 +191,17 @@ def push_both(result: PublishResult, repo_id: str) -> dict[str, str]:
             f"{repo_id}-with-score": push_to_hub(result.with_score.folder, f"{repo_id}-with-score")}
 
 
+def build(params: BuildParams, obtained: list[Obtained], executor: Any) -> dict[str, Any]:
+    """Run the stages on the obtained sources with `executor`, write the manifest and publish."""
+    intake = Intake.of(obtained)
+    run = run_stages(STAGES, intake.files, params, context(params), executor)
+    return release(params, finish(params, intake.results(run), run))
+
+
 def build_sources(params: BuildParams) -> dict[str, Any]:
-    """The whole build without Prefect: obtain and ingest every selected source in turn, dedup them, filter each,
-    mine them, then write the manifest."""
-    build_dir, catalog = params.build_dir, default_catalog()
-    results = [ingest_one(o, build_dir, params.max_chars) for o in obtain_sources(params)]
-    dedup = dedup_sources(ingested(results), build_dir, params.dedup, catalog)
-    filtered = [filter_source(c.source, Path(c.kept_path), build_dir, params.filters) for c in dedup.counts]
-    mined = mine_sources(filter_outputs(filtered), build_dir, params.mine, catalog, params.embedding_cache)
-    return release(params, finish(params, results, dedup, filtered, mined))
+    """The whole build without Prefect: obtain every selected source, run the stages in this process, write the
+    manifest and publish."""
+    return build(params, obtain_sources(params), InProcess())
 
 
 # --- caching: stage tasks keyed on their inputs and input files, their results checked against their outputs -------
@@ -214,9 +246,6 @@ class InputFiles(CachePolicy):
         return hash_objects([stamp(p) for p in files_in(inputs)], raise_on_failure=True)
 
 
-STAGE_CACHE = INPUTS + TASK_SOURCE + InputFiles()
-
-
 @dataclass(frozen=True)
 class Stamped(Generic[R]):
     """A stage's result, and the files it wrote as they were when it ran."""
@@ -229,64 +258,74 @@ class Stamped(Generic[R]):
         return all(stamp(Path(s[0])) == s for s in self.outputs)
 
 
-def written(result: StageCounts | DedupResult | MineResult) -> list[Path]:
-    """The files a stage wrote: the kept and dropped rows of every source."""
-    counts = [result] if isinstance(result, StageCounts) else result.counts
+@dataclass
+class StageCode(CachePolicy):
+    """Cache-key part: the source of the module that defines the task's stage function, so that a change to any
+    of the stage's helpers, not only to the function, runs it again."""
+
+    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any],
+                    **kwargs: Any) -> str | None:
+        module = inspect.getmodule(inspect.unwrap(task_ctx.task.fn))
+        return hash_objects(inspect.getsource(module), raise_on_failure=True)
+
+
+STAGE_CACHE = INPUTS + StageCode() + InputFiles()
+
+
+def written(result: Any) -> list[Path]:
+    """The files a unit of work wrote: the kept and dropped rows of every source of a StageResult."""
+    counts = result.counts if isinstance(result, StageResult) else []
     return [Path(p) for c in counts for p in (c.kept_path, c.dropped_path) if p]
 
 
-def stage_task(fn: Callable[P, R], name: str, cache_policy: CachePolicy = STAGE_CACHE,
-               **options: Any) -> Task[P, Stamped[R]]:
-    """A cached task running the stage function `fn` (whose source code is part of the key)."""
+def unit_task(fn: Callable[..., R], name: str) -> Task[..., Stamped[R]]:
+    """A cached task running `fn` (a stage function, or its prepare function), its result stamped with the files
+    it wrote."""
     @functools.wraps(fn)
-    def run(*args: P.args, **kwargs: P.kwargs) -> Stamped[R]:
-        result = fn(*args, **kwargs)
+    def run(*args: Any) -> Stamped[R]:
+        result = fn(*args)
         return Stamped(result, tuple(stamp(p) for p in written(result)))
 
-    return task(run, name=name, cache_policy=cache_policy, persist_result=True, **options)
+    return task(run, name=name, cache_policy=STAGE_CACHE, persist_result=True)
 
 
-def run_stage(stage: Task[..., Stamped[R]], build_dir: Path, calls: list[tuple[Any, ...]]) -> list[R]:
-    """Run `stage` once per argument tuple, concurrently, with its results kept in the build folder; a cached
-    result whose files were removed or overwritten since is computed again."""
-    stage = stage.with_options(result_storage=build_dir / RESULTS_DIR)
-    futures = [stage.submit(*args) for args in calls]
-    return [current(future.result(), stage, args) for future, args in zip(futures, calls, strict=True)]
+STAGE_TASKS = {s.name: unit_task(s.run, s.name) for s in STAGES}
+PREPARE_TASKS = {s.name: unit_task(s.prepare, f"{s.name}-prepare") for s in STAGES if s.prepare is not None}
 
 
 def current(got: Stamped[R], stage: Task[..., Stamped[R]], args: tuple[Any, ...]) -> R:
-    """The stage's value, computed again when the files of a cached result are no longer as written."""
+    """The unit's value, computed again when the files of a cached result are no longer as written."""
     return got.value if got.intact() else stage.with_options(refresh_cache=True)(*args).value
 
 
-ingest_files_task = stage_task(ingest_source, "ingest-files", task_run_name="ingest-files-{source.name}",
-                               cache_policy=STAGE_CACHE - "on_progress")
-dedup_task = stage_task(dedup_sources, "dedup", task_run_name="dedup")
-filter_task = stage_task(filter_source, "filter", task_run_name="filter-{name}")
-mine_task = stage_task(mine_sources, "mine", task_run_name="mine")
+def run_name(stage: Stage, unit: dict[str, Any]) -> str:
+    """A unit's task-run name: the stage and, for a unit of one source, the source."""
+    return f"{stage.name}-{next(iter(unit))}" if len(unit) == 1 else stage.name
 
 
-def ingest_cached(obtained: Obtained, build_dir: Path, max_chars: int) -> SourceResult:
-    """`ingest_one` with the ingest of the files as a cached task (a failed ingest is not cached)."""
-    stage = ingest_files_task.with_options(result_storage=build_dir / RESULTS_DIR)
-    return ingest_one(obtained, build_dir, max_chars, lambda *args: current(stage(*args), stage, args))
+@dataclass
+class PrefectTasks:
+    """Every unit of work a cached task of the running flow, submitted at once to its task runner; results are kept
+    in the build folder, and a cached result whose files were removed or overwritten since is computed again."""
 
+    build_dir: Path
 
-ingest_task = task(ingest_cached, name="ingest", task_run_name="ingest-{obtained.source}")
-encode_task = task(encode_shard, name="encode", task_run_name="encode-{shard}", cache_policy=STAGE_CACHE,
-                   persist_result=True)
+    def map(self, stage: Stage, units: list[dict[str, Any]], params: Any,
+            context: Context) -> list[StageResult | Failed]:
+        unit_run = STAGE_TASKS[stage.name].with_options(result_storage=self.build_dir / RESULTS_DIR)
+        with model_tasks(stage, params):
+            futures = [unit_run.with_options(task_run_name=run_name(stage, unit)).submit(unit, params, context)
+                       for unit in units]
+        return [attempt(stage, unit, lambda f=future, u=unit: current(f.result(), unit_run, (u, params, context)))
+                for future, unit in zip(futures, units, strict=True)]
 
-
-def encode_shards(inputs: dict[str, Path], params: BuildParams, catalog: Catalog) -> None:
-    """With `mine.encode_shards` > 1: encode the texts mining needs in that many concurrent tasks, into the embedding
-    cache (a shard cached from an earlier run is not run again; the mine task encodes whatever is still missing)."""
-    shards = params.mine.encode_shards
-    if shards == 1:
-        return
-    stage = encode_task.with_options(result_storage=params.build_dir / RESULTS_DIR)
-    futures = [stage.submit(inputs, params.mine, catalog, params.embedding_cache, shard) for shard in range(shards)]
-    for future in futures:
-        future.result()
+    def prepare(self, stage: Stage, inputs: dict[str, Any], params: Any, context: Context, shards: int) -> None:
+        shard_run = PREPARE_TASKS[stage.name].with_options(result_storage=self.build_dir / RESULTS_DIR)
+        with model_tasks(stage, params):
+            futures = [shard_run.with_options(task_run_name=f"{stage.name}-prepare-{shard}")
+                       .submit(inputs, params, context, shard) for shard in range(shards)]
+        for future in futures:
+            future.result()
 
 
 # --- task runners: threads in this process (the default) or a Ray cluster (prefect-ray) -----------------------------
@@ -327,9 +366,11 @@ def gpus_per_task(device: str | None, cluster_gpus: float) -> int:
     return int(cuda)
 
 
-def model_tasks(device: str | None) -> AbstractContextManager[Any]:
-    """Under the Ray task runner, the tasks submitted in this block (encode shards, mine) ask Ray for
-    `gpus_per_task` GPUs each; under another runner nothing changes."""
+def model_tasks(stage: Stage, params: Any) -> AbstractContextManager[Any]:
+    """Under the Ray task runner, the tasks of a stage with models (encode shards, mine) submitted in this block ask
+    Ray for `gpus_per_task` GPUs each; for other stages or under another runner nothing changes."""
+    if stage.device is None:
+        return nullcontext()
     try:
         import ray
         from prefect_ray import RayTaskRunner
@@ -339,7 +380,7 @@ def model_tasks(device: str | None) -> AbstractContextManager[Any]:
     context = FlowRunContext.get()
     if context is None or not isinstance(context.task_runner, RayTaskRunner):
         return nullcontext()
-    gpus = gpus_per_task(device, ray.cluster_resources().get("GPU", 0))
+    gpus = gpus_per_task(stage.device(params), ray.cluster_resources().get("GPU", 0))
     return remote_options(num_gpus=gpus) if gpus else nullcontext()
 
 
@@ -364,18 +405,6 @@ def build_m3e_hq(samples: bool = False, raw_dir: str | None = None, sources: lis
                          max_chars=max_chars, cache_dir=cache_dir, manual_dir=manual_dir, require_all=require_all,
                          dedup=dedup or DedupParams(), filters=filters or FilterParams(), mine=mine or MineParams(),
                          publish=publishing, push_to_hub=push_to_hub)
-    build_dir, catalog = params.build_dir, default_catalog()
-    obtained = obtain_mapped(params)
-    results = [f.result() for f in ingest_task.map(obtained, build_dir=build_dir, max_chars=params.max_chars)]
-    [deduped] = run_stage(dedup_task, build_dir, [(ingested(results), build_dir, params.dedup, catalog)])
-    filtered = run_stage(filter_task, build_dir,
-                         [(c.source, Path(c.kept_path), build_dir, params.filters) for c in deduped.counts])
-    inputs = filter_outputs(filtered)
-    with model_tasks(params.mine.device):
-        encode_shards(inputs, params, catalog)
-        mined = merge(run_stage(mine_task, build_dir, [
-            ({n: inputs[n] for n in group}, build_dir, params.mine, catalog, params.embedding_cache)
-            for group in groups([n for n in catalog.names if n in inputs], params.mine.pool)]), params.mine)
-    summary = release(params, finish(params, results, deduped, filtered, mined))
+    summary = build(params, obtain_mapped(params), PrefectTasks(params.build_dir))
     publish_artifacts(summary)
     return summary

@@ -21,11 +21,10 @@ not depend on the order rows are read in, and a duplicate never costs the commer
 """
 
 import json
+from operator import attrgetter
 import shutil
 import tempfile
-import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,20 +32,26 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from m3e_hq.flows.core.accounting import BATCH_ROWS, StageCounts, StageWriter, dropped_rows, parquet_batches
+from m3e_hq.flows.core.accounting import BATCH_ROWS, StageCounts, parquet_batches
+from m3e_hq.flows.core.stage import Context, Reason, Scope, Stage, StageResult, Verdicts, sift
 from m3e_hq.flows.core.minhash import MinHashParams, ParquetTexts, matches, near_duplicates
-from m3e_hq.flows.stages.filters import normalize
+from m3e_hq.flows.core.text import key
 from m3e_hq.schemas import M3E_HQ_SCHEMA
 from m3e_hq.schemas.enums import Permission, Quality
 from m3e_hq.sources.catalog import Catalog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 STAGE = "dedup"
-EVAL_SPLIT = "eval_split"
-EVAL_OVERLAP = "eval_overlap"
-EXACT_DUPLICATE = "exact_duplicate"
-NEAR_DUPLICATE = "near_duplicate"
-REASONS = (EVAL_SPLIT, EVAL_OVERLAP, EXACT_DUPLICATE, NEAR_DUPLICATE)
+
+
+class DedupReason(Reason):
+    EVAL_SPLIT = "eval_split", "the row comes from a native split C-MTEB evaluates on (the catalog's eval_splits)"
+    EVAL_OVERLAP = "eval_overlap", "its query or positive is an exact or near duplicate of a decontamination text"
+    EXACT_DUPLICATE = "exact_duplicate", "its key equals a better row's key"
+    NEAR_DUPLICATE = "near_duplicate", "its key is a near-duplicate of a better row's, through a cluster of pairs"
+
+
+REASONS = tuple(DedupReason)  # _Decisions.reason holds indices into this tuple
 SEPARATOR = "\x1f"  # between the query and the positive in a pair key
 SPILL_ABOVE_ROWS = 4_000_000  # more rows than this: band keys are grouped from Parquet, out of core
 _COMMERCIAL_RANK = {Permission.YES.value: 0, Permission.UNKNOWN.value: 1, Permission.NO.value: 2}
@@ -85,14 +90,6 @@ class DedupParams(BaseModel):
         return path
 
 
-@dataclass
-class DedupResult:
-    """Per-source counts, and what the duplicates were: the manifest's `dedup` statistics."""
-
-    counts: list[StageCounts]
-    stats: dict[str, Any] = field(default_factory=dict)
-
-
 class _Decisions:
     """One entry per row of the build (sources in catalog order): the reason it is dropped (-1: kept), the row kept
     instead (duplicates; else -1), and a detail for the few rows that have one."""
@@ -113,12 +110,6 @@ class _Decisions:
             self.kept[rows] = kept
         if details is not None:
             self.detail.update(zip(rows.tolist(), details, strict=True))
-
-
-def key(text: str) -> str:
-    """The normalised comparison key of a text; a text of punctuation only keeps its punctuation (NFKC, no
-    whitespace), so that it never gets the empty key."""
-    return normalize(text) or "".join(unicodedata.normalize("NFKC", text).split())
 
 
 def read_eval_texts(path: Path) -> list[str]:
@@ -161,7 +152,7 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-def dedup_sources(inputs: dict[str, Path], out_dir: Path, params: DedupParams, catalog: Catalog) -> DedupResult:
+def dedup_sources(inputs: dict[str, Path], out_dir: Path, params: DedupParams, catalog: Catalog) -> StageResult:
     """Dedup the ingest outputs `inputs` (source -> Parquet) into `out_dir/dedup/`; counts per source.
 
     Out of core: the sources are read a batch at a time, once for the keys (written to a temporary Parquet file
@@ -178,7 +169,7 @@ def dedup_sources(inputs: dict[str, Path], out_dir: Path, params: DedupParams, c
         rows = _read_keys(inputs, names, catalog, params, spill / "keys.parquet", eval_keys)
         decisions = _Decisions(len(rows))
         if params.exclude_eval_splits:
-            decisions.drop(np.flatnonzero(rows["eval_split"].to_numpy()), EVAL_SPLIT)
+            decisions.drop(np.flatnonzero(rows["eval_split"].to_numpy()), DedupReason.EVAL_SPLIT)
         if params.decontaminate is not None:
             stats["decontaminate"] = _decontaminate(params.decontaminate, rows, spill / "keys.parquet",
                                                     sorted(eval_keys), decisions, params)
@@ -192,7 +183,7 @@ def dedup_sources(inputs: dict[str, Path], out_dir: Path, params: DedupParams, c
     ids = rows["id"]
     counts = [_write(name, inputs[name], out_dir, decisions, offset, ids)
               for name, offset in zip(names, _offsets(rows["source"].to_numpy(), len(names)), strict=True)]
-    return DedupResult(counts, stats)
+    return StageResult(counts, stats)
 
 
 def _read_keys(inputs: dict[str, Path], names: list[str], catalog: Catalog, params: DedupParams, keys_path: Path,
@@ -264,7 +255,7 @@ def _exact(rows: pl.DataFrame, rank: np.ndarray, decisions: _Decisions) -> None:
              .filter(pl.Series(decisions.active())).sort("rank")
              .with_columns(first=pl.col("row").first().over("pair_hash", "pair_hash2"))
              .filter(pl.col("row") != pl.col("first")))
-    decisions.drop(frame["row"].to_numpy().astype(np.int64), EXACT_DUPLICATE, frame["first"].to_numpy())
+    decisions.drop(frame["row"].to_numpy().astype(np.int64), DedupReason.EXACT_DUPLICATE, frame["first"].to_numpy())
 
 
 def _near(keys_path: Path, rank: np.ndarray, decisions: _Decisions, params: DedupParams,
@@ -280,7 +271,7 @@ def _near(keys_path: Path, rank: np.ndarray, decisions: _Decisions, params: Dedu
              .with_columns(first=pl.col("row").first().over("label"), size=pl.len().over("label")))
     dropped = frame.filter(pl.col("row") != pl.col("first"))
     details = [f"cluster of {s}" for s in dropped["size"].to_list()]
-    decisions.drop(dropped["row"].to_numpy(), NEAR_DUPLICATE, dropped["first"].to_numpy(), details)
+    decisions.drop(dropped["row"].to_numpy(), DedupReason.NEAR_DUPLICATE, dropped["first"].to_numpy(), details)
     return {"texts": len(rows), "candidate_pairs": clusters.candidates, "confirmed_pairs": len(clusters.pairs),
             "clusters": frame["label"].n_unique(), "rows_in_clusters": len(frame)}
 
@@ -299,7 +290,7 @@ def _decontaminate(path: Path, rows: pl.DataFrame, keys_path: Path, eval_keys: l
             for row in np.unique(candidates[found["text"].to_numpy()]).tolist():
                 hit.setdefault(row, f"near: {side}")
     dropped = np.array(sorted(hit), dtype=np.int64)
-    decisions.drop(dropped, EVAL_OVERLAP, details=[hit[i] for i in dropped.tolist()])
+    decisions.drop(dropped, DedupReason.EVAL_OVERLAP, details=[hit[i] for i in dropped.tolist()])
     return {"file": str(path), "eval_texts": len(eval_keys), "rows_dropped": len(dropped)}
 
 
@@ -322,22 +313,25 @@ def _offsets(sources: np.ndarray, n_sources: int) -> list[int]:
 def _write(name: str, path: Path, out_dir: Path, decisions: _Decisions, offset: int, ids: pl.Series) -> StageCounts:
     """Write one source's kept and dropped rows (its rows are offset, offset + 1, ... of the build's rows), a batch
     at a time."""
-    with StageWriter(out_dir / STAGE, STAGE, name, M3E_HQ_SCHEMA) as writer:
-        start = offset
-        for batch in parquet_batches(path, BATCH_ROWS):
-            table = pa.Table.from_batches([batch])
-            reasons = decisions.reason[start:start + table.num_rows]
-            writer.read(table.num_rows)
-            writer.keep_table(table.filter(pa.array(reasons < 0)))
-            dropped = np.flatnonzero(reasons >= 0)
-            if len(dropped):
-                rows = dropped + start
-                kept = decisions.kept[rows]
-                kept_ids = ids.gather(np.maximum(kept, 0)).to_list()
-                writer.drop_table(dropped_rows(
-                    table, name, f"ingest/{name}.parquet", dropped.tolist(),
-                    [REASONS[r] for r in reasons[dropped].tolist()], [decisions.detail.get(i) for i in rows.tolist()],
-                    [k_id if k >= 0 else None for k, k_id in zip(kept.tolist(), kept_ids, strict=True)],
-                    table_offset=start - offset))
-            start += table.num_rows
-    return writer.counts
+    def decide(table: pa.Table, position: int) -> Verdicts:
+        start = offset + position
+        reasons = decisions.reason[start:start + table.num_rows]
+        dropped = np.flatnonzero(reasons >= 0)
+        rows = dropped + start
+        kept = decisions.kept[rows]
+        kept_ids = ids.gather(np.maximum(kept, 0)).to_list()
+        return Verdicts([REASONS[r] if r >= 0 else None for r in reasons.tolist()],
+                        {i: decisions.detail.get(row) for i, row in zip(dropped.tolist(), rows.tolist(), strict=True)},
+                        {i: k_id if k >= 0 else None
+                         for i, k, k_id in zip(dropped.tolist(), kept.tolist(), kept_ids, strict=True)})
+
+    tables = (pa.Table.from_batches([batch]) for batch in parquet_batches(path, BATCH_ROWS))
+    return sift(tables, decide, out_dir / STAGE, STAGE, name, M3E_HQ_SCHEMA, f"ingest/{name}.parquet")
+
+
+def run(inputs: dict[str, Path], params: DedupParams, context: Context) -> StageResult:
+    """The stage function: dedup every input source together."""
+    return dedup_sources(inputs, context.build_dir, params, context.catalog)
+
+
+DEDUP = Stage(STAGE, DedupParams, attrgetter("dedup"), DedupReason, run, scope=Scope.ALL)

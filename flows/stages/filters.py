@@ -5,51 +5,45 @@ Tuned for short Chinese pairs: character-level signals only (no word segmentatio
 least 10 words". Empty texts and texts over 100,000 characters never get here: ingest has quarantined them.
 
 Texts are compared through `normalize` (letters and digits only, NFKC, casefolded). Each filter has its threshold in
-`FilterParams`; `pair_reason` gives the first reason in `REASONS` order that applies to a pair, `reasons` does the
+`FilterParams`; `pair_reason` gives the first `FilterReason`, in its order, that applies to a pair, `reasons` does the
 same for every row of an m3e-hq table.
 """
 
 import math
 import re
-import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from m3e_hq.flows.core.accounting import BATCH_ROWS, StageCounts, StageWriter, dropped_rows, parquet_batches
+from m3e_hq.flows.core.accounting import BATCH_ROWS, StageCounts, parquet_batches
+from m3e_hq.flows.core.text import normalize
+from m3e_hq.flows.core.stage import Context, Reason, Stage, StageResult, Verdicts, sift
 from m3e_hq.schemas import M3E_HQ_SCHEMA
 from m3e_hq.schemas.enums import TaskType
 from pydantic import BaseModel, ConfigDict, Field
 
 STAGE = "filter"
 
-TOO_SHORT = "too_short"
-TOO_LONG = "too_long"
-QUERY_EQUALS_POSITIVE = "query_equals_positive"
-QUERY_IN_POSITIVE = "query_in_positive"
-ANSWER_REPEATS_QUESTION = "answer_repeats_question"
-MOJIBAKE = "mojibake"
-MARKUP = "markup"
-BOILERPLATE = "boilerplate"
-REPETITIVE = "repetitive"
-LOW_CJK_RATIO = "low_cjk_ratio"
-LOW_PAIR_SCORE = "low_pair_score"
-# In the order `pair_reason` checks them: a pair gets the first that applies.
-REASONS = (
-    TOO_SHORT,
-    TOO_LONG,
-    QUERY_EQUALS_POSITIVE,
-    QUERY_IN_POSITIVE,
-    ANSWER_REPEATS_QUESTION,
-    MOJIBAKE,
-    MARKUP,
-    BOILERPLATE,
-    REPETITIVE,
-    LOW_CJK_RATIO,
-    LOW_PAIR_SCORE,
-)
+
+
+class FilterReason(Reason):
+    """In the order `pair_reason` checks them: a pair gets the first that applies."""
+
+    TOO_SHORT = "too_short", "a side has fewer letters/digits than its bound"
+    TOO_LONG = "too_long", "a side has more characters than its bound"
+    QUERY_EQUALS_POSITIVE = "query_equals_positive", "both sides are equal after normalisation"
+    QUERY_IN_POSITIVE = "query_in_positive", "s2s: one side is inside the other and covers most of it"
+    ANSWER_REPEATS_QUESTION = "answer_repeats_question", "s2p: the positive holds the query and little else"
+    MOJIBAKE = "mojibake", "replacement characters, 锟斤拷, UTF-8 read as Latin-1"
+    MARKUP = "markup", "HTML/XML tags, entities, markdown links beyond an allowance"
+    BOILERPLATE = "boilerplate", "the positive holds an instruction-set refusal or AI disclaimer"
+    REPETITIVE = "repetitive", "a letter repeated too often in a row, or too many repeated character n-grams"
+    LOW_CJK_RATIO = "low_cjk_ratio", "the positive has too few CJK ideographs among its letter units"
+    LOW_PAIR_SCORE = "low_pair_score", "the teacher score of the pair is below the bound (a hook for mining)"
+
 
 # Refusals and AI disclaimers of instruction sets, matched on the normalised positive: punctuation, width and case
 # do not matter ("抱歉,我无法" also matches it written with a full-width comma). Self-descriptions are kept specific
@@ -143,7 +137,6 @@ class FilterParams(BaseModel):
 
 
 # Everything but letters and digits: whitespace, punctuation, symbols, the underscore.
-_NON_WORD = re.compile(r"[\W_]+")
 _CODE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`", re.DOTALL)
 _CJK_CHARS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff"
 _SYLLABLES = "\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\uac00-\ud7af"  # Hangul jamo, kana, Hangul syllables
@@ -175,22 +168,9 @@ _CODEPOINT_BITS = 21
 _TABLE_COLUMNS = ("text", "text_pos", "homogeneous", "task_type")
 
 
-def normalize(text: str) -> str:
-    """The comparison key of a text: letters and digits only, NFKC, casefolded.
-
-    Whitespace, punctuation and symbols are removed before NFKC, so the (slow) NFKC pass only runs on the rare texts
-    whose letters or digits change under it, such as full-width Latin letters; a symbol that NFKC would spell with
-    letters ('℃', '™') is removed whole.
-    """
-    key = _NON_WORD.sub("", unicodedata.normalize("NFC", text))
-    if not unicodedata.is_normalized("NFKC", key):
-        key = _NON_WORD.sub("", unicodedata.normalize("NFKC", key))
-    return key.casefold()
-
-
 def pair_reason(text: str, text_pos: str, homogeneous: bool, task_type: str, params: FilterParams,
                 score: float | None = None) -> str | None:
-    """The first reason (in `REASONS` order) to drop the pair, or None to keep it.
+    """The first reason (in `FilterReason` order) to drop the pair, or None to keep it.
 
     `score` is the pair's teacher score, required when `params.min_pair_score` is set.
     """
@@ -205,30 +185,30 @@ def pair_reason(text: str, text_pos: str, homogeneous: bool, task_type: str, par
         query_min, query_max = params.s2p_query_min_chars, params.s2p_query_max_chars
         pos_min, pos_max = params.s2p_pos_min_chars, params.s2p_pos_max_chars
     if len(query_key) < query_min or len(pos_key) < pos_min:
-        return TOO_SHORT
+        return FilterReason.TOO_SHORT
     if len(text) > query_max or len(text_pos) > pos_max:
-        return TOO_LONG
+        return FilterReason.TOO_LONG
     if query_key == pos_key:
-        return QUERY_EQUALS_POSITIVE
+        return FilterReason.QUERY_EQUALS_POSITIVE
     if homogeneous:
         if _near_containment(query_key, pos_key, params.query_in_positive_min_coverage):
-            return QUERY_IN_POSITIVE
+            return FilterReason.QUERY_IN_POSITIVE
     elif query_key and query_key in pos_key and len(pos_key.replace(query_key, "")) < params.answer_min_new_chars:
-        return ANSWER_REPEATS_QUESTION
+        return FilterReason.ANSWER_REPEATS_QUESTION
     if _mojibake_count(text) > params.max_mojibake or _mojibake_count(text_pos) > params.max_mojibake:
-        return MOJIBAKE
+        return FilterReason.MOJIBAKE
     if _too_much_markup(text, params) or _too_much_markup(text_pos, params):
-        return MARKUP
+        return FilterReason.MARKUP
     boilerplate = _phrase_pattern(params.boilerplate_phrases)
     if boilerplate is not None and boilerplate.search(pos_key):
-        return BOILERPLATE
+        return FilterReason.BOILERPLATE
     if _repetitive(query_key, params) or _repetitive(pos_key, params):
-        return REPETITIVE
+        return FilterReason.REPETITIVE
     if task_type not in params.cjk_exempt_task_types and _low_cjk(text_pos, params) and (
             task_type not in params.cjk_either_side_task_types or _low_cjk(text, params)):
-        return LOW_CJK_RATIO
+        return FilterReason.LOW_CJK_RATIO
     if score is not None and params.min_pair_score is not None and score < params.min_pair_score:
-        return LOW_PAIR_SCORE
+        return FilterReason.LOW_PAIR_SCORE
     return None
 
 
@@ -259,20 +239,17 @@ def reasons(table: pa.Table, params: FilterParams,
 def filter_source(name: str, path: Path, out_dir: Path, params: FilterParams) -> StageCounts:
     """The filter stage for one source: its dedup output `path` into `out_dir/filter/`, each pair kept or dropped
     with the first reason that applies."""
-    stage_input = f"{path.parent.name}/{path.name}"
-    with StageWriter(out_dir / STAGE, STAGE, name, M3E_HQ_SCHEMA) as writer:
-        offset = 0
-        for batch in parquet_batches(path, BATCH_ROWS):
-            table = pa.Table.from_batches([batch])
-            why = reasons(table, params)
-            writer.read(table.num_rows)
-            writer.keep_table(table.filter(pa.array([r is None for r in why])))
-            dropped = [i for i, r in enumerate(why) if r is not None]
-            if dropped:
-                writer.drop_table(dropped_rows(table, name, stage_input, dropped, [why[i] for i in dropped],
-                                               table_offset=offset))
-            offset += table.num_rows
-    return writer.counts
+    tables = (pa.Table.from_batches([batch]) for batch in parquet_batches(path, BATCH_ROWS))
+    return sift(tables, lambda table, _offset: Verdicts(reasons(table, params)), out_dir / STAGE, STAGE, name,
+                M3E_HQ_SCHEMA, f"{path.parent.name}/{path.name}")
+
+
+def run(inputs: dict[str, Path], params: FilterParams, context: Context) -> StageResult:
+    """The stage function: filter each input source."""
+    return StageResult([filter_source(n, path, context.build_dir, params) for n, path in inputs.items()])
+
+
+FILTER = Stage(STAGE, FilterParams, attrgetter("filters"), FilterReason, run)
 
 
 def _near_containment(a: str, b: str, min_coverage: float) -> bool:

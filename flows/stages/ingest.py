@@ -8,7 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from m3e_hq import progress
 from m3e_hq.flows.core.accounting import StageCounts, StageWriter
+from m3e_hq.flows.core.stage import Context, Reason, Stage, StageResult
 from m3e_hq.flows.stages.clean import DEFAULT_MAX_CHARS, check_side
 from m3e_hq.schemas import M3E_HQ_SCHEMA, row_id
 from m3e_hq.sources.adapters import Candidate, candidates
@@ -16,8 +20,35 @@ from m3e_hq.sources.catalog import Source
 from m3e_hq.sources.readers import SourceFile
 
 STAGE = "ingest"
+
+
+class IngestReason(Reason):
+    """Why a native record did not become a pair (set by the readers, the adapters and `check_side`)."""
+
+    INVALID_UTF8 = "invalid_utf8", "a line or text that is not valid UTF-8 (or holds lone surrogates)"
+    INVALID_JSON = "invalid_json", "a line or file that does not parse as JSON"
+    INVALID_RECORD = "invalid_record", "a record that is not an object, or a top level that is not the expected list"
+    UNREADABLE_FILE = "unreadable_file", "a file that cannot be read past a point: counted once"
+    LABEL_FILTERED = "label_filtered", "not a positive pair by the source's rule"
+    UNANSWERABLE = "unanswerable", "SQuAD 2.0 question marked impossible"
+    MISSING_FIELD = "missing_field", "a required field is absent or null"
+    WRONG_TYPE = "wrong_type", "a text field that is not a string"
+    EMPTY_TEXT = "empty_text", "a side that is empty after clean-up"
+    TEXT_TOO_LONG = "text_too_long", "a side longer than max_chars"
+    MISSING_TABLE = "missing_table", "NL2SQL: the question's table is not in the tables file"
+    BAD_SQL = "bad_sql", "NL2SQL: the question's structured query cannot be rendered"
+
+
 # Rows the source's own rule leaves out (not positive pairs); every other reason marks a malformed row.
-RULE_REASONS = frozenset({"label_filtered", "unanswerable"})
+RULE_REASONS = frozenset({IngestReason.LABEL_FILTERED, IngestReason.UNANSWERABLE})
+
+
+class IngestParams(BaseModel):
+    """The ingest stage's one setting."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_chars: int = Field(DEFAULT_MAX_CHARS, ge=1, description="longest text kept per side, in characters")
 PROGRESS_EVERY = 5_000
 
 
@@ -89,3 +120,13 @@ def _raw_json(raw: Any) -> str | None:
         return None
     text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def run(inputs: dict[str, list[SourceFile]], params: IngestParams, context: Context) -> StageResult:
+    """The stage function: ingest each source's located native files."""
+    return StageResult([ingest_source(context.catalog.get(name), files, context.build_dir, params.max_chars,
+                                      progress.counter(name)) for name, files in inputs.items()])
+
+
+INGEST = Stage(STAGE, IngestParams, lambda build: IngestParams(max_chars=build.max_chars), IngestReason, run,
+               isolated=True)

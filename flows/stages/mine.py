@@ -17,7 +17,8 @@ per GPU), so that the mine stage finds them all cached.
 import logging
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from m3e_hq.flows.core.accounting import StageCounts, StageWriter, dropped_rows
-from m3e_hq.flows.core.encode import DEFAULT_ENCODER, encode, load_encoder
+from m3e_hq.flows.core.accounting import StageCounts
 from m3e_hq.flows.core.minhash import MinHashParams
+from m3e_hq.flows.core.model_names import BI_ENCODER, COSINE_SCALE, DEFAULT_ENCODER
 from m3e_hq.flows.core.negatives import (
     NegativeParams,
     Pool,
@@ -36,9 +37,7 @@ from m3e_hq.flows.core.negatives import (
     margin_limit,
     select_negatives,
 )
-from m3e_hq.flows.core.search import search
-from m3e_hq.flows.core.teacher import BI_ENCODER, COSINE_SCALE, CrossEncoderTeacher, cosine
-from m3e_hq.flows.stages.filters import LOW_PAIR_SCORE
+from m3e_hq.flows.core.stage import Context, Reason, Scope, Stage, StageResult, Verdicts, sift
 from m3e_hq.schemas import M3E_HQ_WITH_SCORE_SCHEMA
 from m3e_hq.sources.catalog import Catalog
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,8 +45,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from m3e_hq import progress
 
 STAGE = "mine"
-NO_NEGATIVES = "no_negatives"
-REASONS = (LOW_PAIR_SCORE, NO_NEGATIVES)
+
+
+class MineReason(Reason):
+    LOW_PAIR_SCORE = "low_pair_score", "the teacher scores the pair below min_pair_score"
+    NO_NEGATIVES = "no_negatives", "fewer than min_negatives negatives left; detail says how many the pool gave"
+
+
 # Candidates fetched beyond range_max: room for the positive, near-duplicates and repeats the selection removes.
 SEARCH_SLACK = 16
 log = logging.getLogger("m3e_hq.mine")
@@ -86,12 +90,6 @@ class MineParams(BaseModel):
     min_pair_score: float | None = Field(None, description="drop a pair whose teacher score is below this "
                                          "(pair consistency, as C-Pack did; calibrate per teacher); None: off")
     min_negatives: int = Field(1, ge=0, description="drop a row left with fewer negatives than this")
-
-
-@dataclass
-class MineResult:
-    counts: list[StageCounts]
-    stats: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,6 +155,8 @@ def encode_shard(inputs: dict[str, Path], params: MineParams, catalog: Catalog, 
     by_prompt: dict[str, list[str]] = {}
     for prompt, text in jobs:
         by_prompt.setdefault(prompt, []).append(text)
+    from m3e_hq.flows.core.encode import encode, load_encoder
+
     model = load_encoder(params.encoder, params.device)
     on_progress = progress.counter(f"encode shard {shard}", "texts")
     for prompt, texts in by_prompt.items():
@@ -167,7 +167,7 @@ def encode_shard(inputs: dict[str, Path], params: MineParams, catalog: Catalog, 
 
 
 def mine_sources(inputs: dict[str, Path], out_dir: Path, params: MineParams, catalog: Catalog,
-                 cache_dir: Path | None = None) -> MineResult:
+                 cache_dir: Path | None = None) -> StageResult:
     """Mine the filter outputs `inputs` (source -> Parquet) into `out_dir/mine/` in the m3e-hq-with-score schema.
 
     One group of sources at a time (`groups`: a source; all sources with pool="all"), each written before the next
@@ -177,13 +177,13 @@ def mine_sources(inputs: dict[str, Path], out_dir: Path, params: MineParams, cat
                   for group in groups([n for n in catalog.names if n in inputs], params.pool)], params)
 
 
-def merge(results: list[MineResult], params: MineParams) -> MineResult:
+def merge(results: list[StageResult], params: MineParams) -> StageResult:
     """One result for the build from the results of its groups (mined by `mine_sources` or as separate tasks):
     counts in order, figures added up, score distributions read back from the written rows."""
     counts = [c for r in results for c in r.counts]
     mined = [r.stats for r in results if "encode" in r.stats]
     if len(mined) <= 1:
-        return MineResult(counts, mined[0] if mined else _settings(params))
+        return StageResult(counts, mined[0] if mined else _settings(params))
     stats = _settings(params)
     for name in ("encode", "candidates"):
         stats[name] = {}
@@ -201,7 +201,7 @@ def merge(results: list[MineResult], params: MineParams) -> MineResult:
         neg.append(pc.list_flatten(scores["score_neg"]).to_numpy())
     stats["scores"] = {"scale": mined[0]["scores"]["scale"], "positive": _distribution(pos),
                        "negative": _distribution(neg)}
-    return MineResult(counts, stats)
+    return StageResult(counts, stats)
 
 
 def _settings(params: MineParams) -> dict[str, Any]:
@@ -214,27 +214,34 @@ class _Models:
     def __init__(self, params: MineParams) -> None:
         self.params = params
         self._encoder: Any = None
-        self._teacher: CrossEncoderTeacher | None = None
+        self._teacher: Any = None
 
     def encoder(self) -> Any:
         if self._encoder is None:
+            from m3e_hq.flows.core.encode import load_encoder
+
             self._encoder = load_encoder(self.params.encoder, self.params.device)
         return self._encoder
 
-    def teacher(self) -> CrossEncoderTeacher:
+    def teacher(self) -> Any:
+        """The CrossEncoderTeacher."""
         if self._teacher is None:
+            from m3e_hq.flows.core.teacher import CrossEncoderTeacher
+
             p = self.params
             self._teacher = CrossEncoderTeacher(p.teacher, p.device, p.teacher_batch_size)
         return self._teacher
 
 
 def _mine_group(data: _Rows, out_dir: Path, params: MineParams, cache_dir: Path | None,
-                models: _Models) -> MineResult:
+                models: _Models) -> StageResult:
     """Mine one group of sources, whose pool is their distinct positives, and write their outputs."""
+    from m3e_hq.flows.core.encode import encode
+
     names, tables, queries, positives = data.names, data.tables, data.queries, data.positives
     stats = _settings(params)
     if not queries:
-        return MineResult([_write(n, tables[n], out_dir, {}, {}) for n in names], stats)
+        return StageResult([_write(n, tables[n], out_dir, {}, {}) for n in names], stats)
     start = time.perf_counter()
     model = models.encoder()
     embedded_queries = encode(model, queries, params.query_prompt, params.batch_size, cache_dir, params.encoder,
@@ -259,12 +266,16 @@ def _mine_group(data: _Rows, out_dir: Path, params: MineParams, cache_dir: Path 
         source_dropped = {i - lo: v for i, v in dropped.items() if lo <= i < hi}
         counts.append(_write(n, tables[n], out_dir, source_kept, source_dropped, scored["teacher"],
                              scored["scale"]))
-    return MineResult(counts, stats)
+    return StageResult(counts, stats)
 
 
 def _mine_pool(data: _Rows, query_vectors: np.ndarray, model: Any, params: MineParams, cache_dir: Path | None,
                encode_stats: dict[str, int]) -> tuple[_Pool, dict[str, int], str]:
     """Search and select the negatives of a group's rows among its distinct positives."""
+    from m3e_hq.flows.core.encode import encode
+    from m3e_hq.flows.core.search import search
+    from m3e_hq.flows.core.teacher import cosine
+
     queries, positives = data.queries, data.positives
     texts = list(dict.fromkeys(positives))
     position = {t: i for i, t in enumerate(texts)}
@@ -318,13 +329,13 @@ def _decide(pool: _Pool, scored: dict[str, Any], params: MineParams,
     all_pos, all_neg = [], []
     for r in range(len(pos)):
         if params.min_pair_score is not None and pos[r] < params.min_pair_score:
-            dropped[r] = (LOW_PAIR_SCORE, f"teacher score {pos[r]:.4f} < {params.min_pair_score}")
+            dropped[r] = (MineReason.LOW_PAIR_SCORE, f"teacher score {pos[r]:.4f} < {params.min_pair_score}")
             continue
         cols = np.flatnonzero(usable[r])
         if len(cols) < params.min_negatives:
             detail = (f"{len(cols)} negatives left of the {params.negatives.num_negatives} asked "
                       f"(pool of {len(pool.texts)} texts)")
-            dropped[r] = (NO_NEGATIVES, detail)
+            dropped[r] = (MineReason.NO_NEGATIVES, detail)
             continue
         kept[r] = {"text_neg": [pool.texts[j] for j in pool.neg_idx[r, cols]], "score_pos": float(pos[r]),
                    "score_neg": [float(s) for s in neg[r, cols]]}
@@ -351,19 +362,28 @@ def _distribution(parts: list[np.ndarray]) -> dict[str, float | int]:
 def _write(name: str, table: pa.Table, out_dir: Path, kept: dict[int, dict], dropped: dict[int, tuple[str, str]],
            teacher: str = "", scale: str = "") -> StageCounts:
     """Write one source's m3e-hq-with-score rows and its dropped rows."""
-    with StageWriter(out_dir / STAGE, STAGE, name, M3E_HQ_WITH_SCORE_SCHEMA) as writer:
-        writer.read(table.num_rows)
-        rows = sorted(kept)
-        if rows:
-            extra = [kept[r] for r in rows]
-            writer.keep_table(table.take(rows).append_column("text_neg", pa.array([e["text_neg"] for e in extra]))
-                              .append_column("score_pos", pa.array([e["score_pos"] for e in extra], pa.float32()))
-                              .append_column("score_neg", pa.array([e["score_neg"] for e in extra],
-                                                                   pa.list_(pa.float32())))
-                              .append_column("teacher", pa.array([teacher] * len(rows)))
-                              .append_column("score_scale", pa.array([scale] * len(rows))))
-        if dropped:
-            positions = sorted(dropped)
-            writer.drop_table(dropped_rows(table, name, f"filter/{name}.parquet", positions,
-                                           [dropped[i][0] for i in positions], [dropped[i][1] for i in positions]))
-    return writer.counts
+    rows = sorted(kept)
+    extra = [kept[r] for r in rows]
+    scored = (table.take(pa.array(rows, pa.int64())).append_column("text_neg", pa.array([e["text_neg"] for e in extra], pa.list_(pa.string())))
+              .append_column("score_pos", pa.array([e["score_pos"] for e in extra], pa.float32()))
+              .append_column("score_neg", pa.array([e["score_neg"] for e in extra], pa.list_(pa.float32())))
+              .append_column("teacher", pa.array([teacher] * len(rows), pa.string()))
+              .append_column("score_scale", pa.array([scale] * len(rows), pa.string())))
+    verdicts = Verdicts([dropped[i][0] if i in dropped else None for i in range(table.num_rows)],
+                        {i: why[1] for i, why in dropped.items()}, kept=scored)
+    return sift([table], lambda _table, _offset: verdicts, out_dir / STAGE, STAGE, name, M3E_HQ_WITH_SCORE_SCHEMA,
+                f"filter/{name}.parquet")
+
+
+def run(inputs: dict[str, Path], params: MineParams, context: Context) -> StageResult:
+    """The stage function: mine the input sources, a pool at a time."""
+    return mine_sources(inputs, context.build_dir, params, context.catalog, context.cache_dir)
+
+
+def prepare(inputs: dict[str, Path], params: MineParams, context: Context, shard: int) -> dict[str, int]:
+    """Encode shard `shard` of the texts mining needs into the embedding cache."""
+    return encode_shard(inputs, params, context.catalog, context.cache_dir, shard)
+
+
+MINE = Stage(STAGE, MineParams, attrgetter("mine"), MineReason, run, scope=lambda params: Scope(params.pool),
+             merge=merge, prepare=prepare, prepare_shards=attrgetter("encode_shards"), device=attrgetter("device"))

@@ -57,45 +57,40 @@ def generate(folder: Path, n: int) -> None:
 
 
 def run_pipeline(raw: Path, build: Path, mine_sample: int) -> dict:
-    """ingest → dedup → filter over every source, then mine on a sample; seconds and rows per stage."""
-    from m3e_hq.flows.pipeline.build import filter_outputs, ingest_one, ingested
-    from m3e_hq.flows.pipeline.download import obtain_sources
-    from m3e_hq.flows.pipeline.params import BuildParams
-    from m3e_hq.flows.stages.dedup import dedup_sources
-    from m3e_hq.flows.stages.filters import filter_source
-    from m3e_hq.flows.stages.mine import MineParams, mine_sources
-    from m3e_hq.sources.catalog import default_catalog
+    """The build's stages (flows.pipeline.build.STAGES) in this process: ingest → dedup → filter over every source,
+    then mine on a sample; seconds and rows per stage."""
     from synthetic import SOURCES
 
-    catalog = default_catalog()
+    from m3e_hq.flows.core.stage import Context, run_stages
+    from m3e_hq.flows.pipeline.build import STAGES, Intake, context
+    from m3e_hq.flows.pipeline.download import obtain_sources
+    from m3e_hq.flows.pipeline.params import BuildParams
+    from m3e_hq.flows.stages.mine import MINE, MineParams
+
     params = BuildParams(raw_dir=raw, sources=SOURCES, out_dir=build)
     stages: dict[str, dict] = {}
-
     start = time.perf_counter()
-    results = [ingest_one(o, build, params.max_chars) for o in obtain_sources(params)]
-    failed = [f"{r.source}: {r.message}" for r in results if r.status != "ok"]
+
+    def timed(stage, result) -> None:
+        nonlocal start
+        stages[stage.name] = {"seconds": time.perf_counter() - start, "read": sum(c.read for c in result.counts),
+                              "kept": sum(c.kept for c in result.counts)}
+        start = time.perf_counter()
+
+    intake, cpu_context = Intake.of(obtain_sources(params)), context(params)
+    cpu_stages = [stage for stage in STAGES if stage is not MINE]
+    run = run_stages(cpu_stages, intake.files, params, cpu_context, on_stage=timed)
+    failed = run.failed | {name: r.message for name, r in intake.not_ingested.items()}
     if failed:
         raise SystemExit(f"ingest failed: {failed}")
-    stages["ingest"] = _stage(start, [r.counts for r in results])
 
+    sample_dir = build / "mine-sample"
+    sample = _sample(run.results[cpu_stages[-1].name].outputs, sample_dir, mine_sample)
+    mine_context = Context(sample_dir, cpu_context.catalog, build / "embeddings")
     start = time.perf_counter()
-    dedup = dedup_sources(ingested(results), build, params.dedup, catalog)
-    stages["dedup"] = _stage(start, dedup.counts)
-
-    start = time.perf_counter()
-    filtered = [filter_source(c.source, Path(c.kept_path), build, params.filters) for c in dedup.counts]
-    stages["filter"] = _stage(start, filtered)
-
-    sample = _sample(filter_outputs(filtered), build / "mine-sample", mine_sample)
-    start = time.perf_counter()
-    mined = mine_sources(sample, build / "mine-sample", MineParams(device="cpu"), catalog, build / "embeddings")
-    stages["mine"] = _stage(start, mined.counts)
+    run_stages([MINE], sample, params.model_copy(update={"mine": MineParams(device="cpu")}), mine_context,
+               on_stage=timed)
     return {"stages": stages, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}
-
-
-def _stage(start: float, counts: list) -> dict:
-    return {"seconds": time.perf_counter() - start, "read": sum(c.read for c in counts),
-            "kept": sum(c.kept for c in counts)}
 
 
 def _sample(inputs: dict[str, Path], folder: Path, n: int) -> dict[str, Path]:

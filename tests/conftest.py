@@ -25,6 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 from random_models import build_cross_encoder, build_encoder
 
+# The slow tier: tests that start Prefect servers or Ray, kill builds, download through local servers, or build
+# the wheel. `pytest -m "not slow"` leaves them out; the README's test command runs everything.
+SLOW_MODULES = {"test_deployment", "test_ray", "test_kill_resume", "test_security", "test_fetch",
+                "test_download_http", "test_push", "test_wheel"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:

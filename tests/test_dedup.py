@@ -9,11 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from m3e_hq.flows.core.minhash import MinHashParams
 from m3e_hq.flows.stages.dedup import (
-    EVAL_OVERLAP,
-    EVAL_SPLIT,
-    EXACT_DUPLICATE,
-    NEAR_DUPLICATE,
     DedupParams,
+    DedupReason,
     dedup_sources,
     read_eval_texts,
 )
@@ -76,26 +73,26 @@ def test_planted_cross_source_duplicates_are_resolved_by_the_survivor_rule(plant
     folder, inputs, data = planted
     result = dedup_sources(inputs, folder, DedupParams(), catalog)
     kept, dropped = outcome(folder, "SimCLUE")
-    by_reason = {d["reason"]: d for d in dropped if d["reason"] != EXACT_DUPLICATE or d["kept_id"] != data[
+    by_reason = {d["reason"]: d for d in dropped if d["reason"] != DedupReason.EXACT_DUPLICATE or d["kept_id"] != data[
         "SimCLUE"][3]["id"]}
     # The shared pair survives in paws-x, the commercial source, though SimCLUE comes first in the input.
-    assert by_reason[EXACT_DUPLICATE]["id"] == data["SimCLUE"][0]["id"]
-    assert by_reason[EXACT_DUPLICATE]["kept_id"] == data["paws-x"][0]["id"]
+    assert by_reason[DedupReason.EXACT_DUPLICATE]["id"] == data["SimCLUE"][0]["id"]
+    assert by_reason[DedupReason.EXACT_DUPLICATE]["kept_id"] == data["paws-x"][0]["id"]
     # Both not commercial and good: lcqmc comes before SimCLUE in the catalog, so its copy survives.
-    assert by_reason[NEAR_DUPLICATE]["id"] == data["SimCLUE"][1]["id"]
-    assert by_reason[NEAR_DUPLICATE]["kept_id"] == data["lcqmc"][0]["id"]
-    assert by_reason[NEAR_DUPLICATE]["detail"] == "cluster of 2"
+    assert by_reason[DedupReason.NEAR_DUPLICATE]["id"] == data["SimCLUE"][1]["id"]
+    assert by_reason[DedupReason.NEAR_DUPLICATE]["kept_id"] == data["lcqmc"][0]["id"]
+    assert by_reason[DedupReason.NEAR_DUPLICATE]["detail"] == "cluster of 2"
     # The repeat within SimCLUE: the row with the smaller id survives.
     repeat = [d for d in dropped if d not in by_reason.values()]
     first, second = sorted([data["SimCLUE"][3]["id"], data["SimCLUE"][4]["id"]])
-    assert [(d["reason"], d["id"], d["kept_id"]) for d in repeat] == [(EXACT_DUPLICATE, second, first)]
+    assert [(d["reason"], d["id"], d["kept_id"]) for d in repeat] == [(DedupReason.EXACT_DUPLICATE, second, first)]
     assert {r["id"] for r in kept} == {data["SimCLUE"][2]["id"], first}
     assert [r["id"] for r in outcome(folder, "paws-x")[0]] == [r["id"] for r in data["paws-x"]]
     assert [r["id"] for r in outcome(folder, "lcqmc")[0]] == [r["id"] for r in data["lcqmc"]]
     # A dropped row carries the full m3e-hq row and where it was read.
-    raw = json.loads(by_reason[NEAR_DUPLICATE]["raw"])
+    raw = json.loads(by_reason[DedupReason.NEAR_DUPLICATE]["raw"])
     assert raw == data["SimCLUE"][1]
-    assert by_reason[NEAR_DUPLICATE]["locator"] == "ingest/SimCLUE.parquet#1"
+    assert by_reason[DedupReason.NEAR_DUPLICATE]["locator"] == "ingest/SimCLUE.parquet#1"
     assert result.stats["duplicates_by_source"] == {"SimCLUE": {"SimCLUE": 1, "lcqmc": 1, "paws-x": 1}}
     assert result.stats["near"]["confirmed_pairs"] == 1
 
@@ -154,7 +151,7 @@ def test_short_texts_are_deduplicated_but_never_dropped_for_being_short(tmp_path
     texts = {r["id"]: r["text"] for r in rows_of(catalog, "CINLID", pairs)}
     assert {frozenset((texts[d["id"]], texts[d["kept_id"]])) for d in dropped} == {frozenset(("好", "好！")),
                                                                                frozenset(("?", "？"))}
-    assert {d["reason"] for d in dropped} == {EXACT_DUPLICATE}
+    assert {d["reason"] for d in dropped} == {DedupReason.EXACT_DUPLICATE}
     assert len(kept) == 6
 
 
@@ -189,7 +186,7 @@ def test_near_threshold_is_configurable(planted, catalog):
     strict = dedup_sources(inputs, folder, DedupParams(minhash=MinHashParams(threshold=1.0)), catalog)
     off = dedup_sources(inputs, folder, DedupParams(near=False), catalog)
     for result in (strict, off):
-        assert NEAR_DUPLICATE not in {r for c in result.counts for r in c.dropped}
+        assert DedupReason.NEAR_DUPLICATE not in {r for c in result.counts for r in c.dropped}
     assert "near" not in off.stats
 
 
@@ -199,7 +196,7 @@ def test_evaluation_splits_are_dropped_unless_kept(tmp_path, catalog):
         catalog, "lcqmc", [(sentence(rng), sentence(rng)), (sentence(rng), sentence(rng))], "test")
     inputs = write_ingest(tmp_path, catalog, {"lcqmc": rows})
     result = dedup_sources(inputs, tmp_path, DedupParams(), catalog)
-    assert result.counts[0].dropped == {EVAL_SPLIT: 2}
+    assert result.counts[0].dropped == {DedupReason.EVAL_SPLIT: 2}
     assert {d["split"] for d in outcome(tmp_path, "lcqmc")[1]} == {"test"}
     kept_all = dedup_sources(inputs, tmp_path, DedupParams(exclude_eval_splits=False), catalog)
     assert kept_all.counts[0].kept == 3
@@ -225,7 +222,7 @@ def test_decontamination_drops_exact_and_near_overlaps(tmp_path, catalog, fmt):
     result = dedup_sources(inputs, tmp_path, DedupParams(decontaminate=path), catalog)
     dropped = outcome(tmp_path, "webqa")[1]
     assert sorted((d["reason"], d["detail"], json.loads(d["raw"])["text"]) for d in dropped) == sorted(
-        [(EVAL_OVERLAP, "exact: query", pairs[0][0]), (EVAL_OVERLAP, "near: positive", pairs[1][0])])
+        [(DedupReason.EVAL_OVERLAP, "exact: query", pairs[0][0]), (DedupReason.EVAL_OVERLAP, "near: positive", pairs[1][0])])
     assert result.stats["decontaminate"] == {"file": str(path), "eval_texts": 3, "rows_dropped": 2}
 
 

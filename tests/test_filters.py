@@ -7,23 +7,12 @@ import pyarrow.parquet as pq
 import pytest
 from m3e_hq.flows.stages import filters
 from m3e_hq.flows.stages.filters import (
-    ANSWER_REPEATS_QUESTION,
-    BOILERPLATE,
-    LOW_CJK_RATIO,
-    LOW_PAIR_SCORE,
-    MARKUP,
-    MOJIBAKE,
-    QUERY_EQUALS_POSITIVE,
-    QUERY_IN_POSITIVE,
-    REASONS,
-    REPETITIVE,
-    TOO_LONG,
-    TOO_SHORT,
     FilterParams,
-    normalize,
+    FilterReason,
     pair_reason,
     reasons,
 )
+from m3e_hq.flows.core.text import normalize
 from pydantic import ValidationError
 
 DEFAULTS = FilterParams()
@@ -36,45 +25,45 @@ REAL_SOURCES = ("cmrc2018", "ocnli", "SimCLUE", "Zhuiyi-NL2SQL", "Chinese-SQuAD"
 
 # (text, text_pos, homogeneous, task_type, expected reason)
 BAD_PAIRS = [
-    ("好", "好的", True, "paraphrase", TOO_SHORT),
-    ("？？", "这是一个答案。", False, "qa", TOO_SHORT),
-    ("什么是黑死病", "……", False, "qa", TOO_SHORT),
-    ("长" * 600, "一句短话", True, "paraphrase", TOO_LONG),
-    ("黑死病", "病" * 10_001, False, "qa", TOO_LONG),
-    ("今天天气怎么样？", "今天 天气怎么样", True, "paraphrase", QUERY_EQUALS_POSITIVE),
-    ("ＡＢＣ公司，在哪里", "abc公司在哪里?", True, "paraphrase", QUERY_EQUALS_POSITIVE),
-    ("如何办理护照", "如何办理护照？", False, "qa", QUERY_EQUALS_POSITIVE),
-    ("我也不知道为什么", "我也不知道为什么啊", True, "paraphrase", QUERY_IN_POSITIVE),
-    ("这部电影真好看啊！", "这部电影真好看", True, "paraphrase", QUERY_IN_POSITIVE),
-    ("什么是机器学习", "什么是机器学习？什么是机器学习？", False, "qa", ANSWER_REPEATS_QUESTION),
-    ("北京是中国的首都吗", "北京是中国的首都吗？是", False, "qa", ANSWER_REPEATS_QUESTION),
-    ("文件乱码了", "这是\ufffd\ufffd的文本", False, "qa", MOJIBAKE),
-    ("中文编码", "ä¸­æ–‡çš„ç¼–ç ", False, "qa", MOJIBAKE),  # UTF-8 read as cp1252
-    ("标点乱码", "你好ï¼Œä¸–ç•Œ", False, "qa", MOJIBAKE),
-    ("引号乱码", "他说â€œä½ å¥½â€", False, "qa", MOJIBAKE),
-    ("GBK乱码", "ÖÐÎÄÂÒÂë", False, "qa", MOJIBAKE),  # GBK read as Latin-1
-    ("锟斤拷是什么", "手烫烫烫锟斤拷锟斤拷", False, "qa", MOJIBAKE),
-    ("网页残留", "<p>第一段</p><br/>第二段", False, "qa", MARKUP),
-    ("实体残留", "答案&nbsp;&nbsp;是&amp;这个", False, "qa", MARKUP),
-    ("链接残留", "见![图](http://a.cn/1.png)和[这里](http://a.cn)及[那里](http://b.cn)", False, "qa", MARKUP),
-    ("你有感情吗", "作为一个AI语言模型，我没有感情。", False, "instruction", BOILERPLATE),
-    ("你怎么看", "作为一个人工智能，我没有个人观点。", False, "instruction", BOILERPLATE),
-    ("帮我写首诗", "抱歉,我无法完成这个请求。", False, "instruction", BOILERPLATE),
-    ("Do you dream?", "As an AI language model, I do not dream.", False, "instruction", BOILERPLATE),
-    ("笑什么", "哈" * 20, False, "qa", REPETITIVE),
-    ("说三遍", "这个问题很好。" * 3, False, "qa", REPETITIVE),
-    ("循环输出", "我爱北京天安门。" * 12, False, "instruction", REPETITIVE),
-    ("什么是光合作用", "Photosynthesis is how green plants turn sunlight into food.", False, "qa", LOW_CJK_RATIO),
-    ("韩国的首都", "서울은 대한민국의 수도이다", False, "qa", LOW_CJK_RATIO),
-    ("歌手列表", "SELECT name , country FROM singer ORDER BY age DESC", False, "qa", LOW_CJK_RATIO),
+    ("好", "好的", True, "paraphrase", FilterReason.TOO_SHORT),
+    ("？？", "这是一个答案。", False, "qa", FilterReason.TOO_SHORT),
+    ("什么是黑死病", "……", False, "qa", FilterReason.TOO_SHORT),
+    ("长" * 600, "一句短话", True, "paraphrase", FilterReason.TOO_LONG),
+    ("黑死病", "病" * 10_001, False, "qa", FilterReason.TOO_LONG),
+    ("今天天气怎么样？", "今天 天气怎么样", True, "paraphrase", FilterReason.QUERY_EQUALS_POSITIVE),
+    ("ＡＢＣ公司，在哪里", "abc公司在哪里?", True, "paraphrase", FilterReason.QUERY_EQUALS_POSITIVE),
+    ("如何办理护照", "如何办理护照？", False, "qa", FilterReason.QUERY_EQUALS_POSITIVE),
+    ("我也不知道为什么", "我也不知道为什么啊", True, "paraphrase", FilterReason.QUERY_IN_POSITIVE),
+    ("这部电影真好看啊！", "这部电影真好看", True, "paraphrase", FilterReason.QUERY_IN_POSITIVE),
+    ("什么是机器学习", "什么是机器学习？什么是机器学习？", False, "qa", FilterReason.ANSWER_REPEATS_QUESTION),
+    ("北京是中国的首都吗", "北京是中国的首都吗？是", False, "qa", FilterReason.ANSWER_REPEATS_QUESTION),
+    ("文件乱码了", "这是\ufffd\ufffd的文本", False, "qa", FilterReason.MOJIBAKE),
+    ("中文编码", "ä¸­æ–‡çš„ç¼–ç ", False, "qa", FilterReason.MOJIBAKE),  # UTF-8 read as cp1252
+    ("标点乱码", "你好ï¼Œä¸–ç•Œ", False, "qa", FilterReason.MOJIBAKE),
+    ("引号乱码", "他说â€œä½ å¥½â€", False, "qa", FilterReason.MOJIBAKE),
+    ("GBK乱码", "ÖÐÎÄÂÒÂë", False, "qa", FilterReason.MOJIBAKE),  # GBK read as Latin-1
+    ("锟斤拷是什么", "手烫烫烫锟斤拷锟斤拷", False, "qa", FilterReason.MOJIBAKE),
+    ("网页残留", "<p>第一段</p><br/>第二段", False, "qa", FilterReason.MARKUP),
+    ("实体残留", "答案&nbsp;&nbsp;是&amp;这个", False, "qa", FilterReason.MARKUP),
+    ("链接残留", "见![图](http://a.cn/1.png)和[这里](http://a.cn)及[那里](http://b.cn)", False, "qa", FilterReason.MARKUP),
+    ("你有感情吗", "作为一个AI语言模型，我没有感情。", False, "instruction", FilterReason.BOILERPLATE),
+    ("你怎么看", "作为一个人工智能，我没有个人观点。", False, "instruction", FilterReason.BOILERPLATE),
+    ("帮我写首诗", "抱歉,我无法完成这个请求。", False, "instruction", FilterReason.BOILERPLATE),
+    ("Do you dream?", "As an AI language model, I do not dream.", False, "instruction", FilterReason.BOILERPLATE),
+    ("笑什么", "哈" * 20, False, "qa", FilterReason.REPETITIVE),
+    ("说三遍", "这个问题很好。" * 3, False, "qa", FilterReason.REPETITIVE),
+    ("循环输出", "我爱北京天安门。" * 12, False, "instruction", FilterReason.REPETITIVE),
+    ("什么是光合作用", "Photosynthesis is how green plants turn sunlight into food.", False, "qa", FilterReason.LOW_CJK_RATIO),
+    ("韩国的首都", "서울은 대한민국의 수도이다", False, "qa", FilterReason.LOW_CJK_RATIO),
+    ("歌手列表", "SELECT name , country FROM singer ORDER BY age DESC", False, "qa", FilterReason.LOW_CJK_RATIO),
 ]
 
 
 def test_reason_codes():
-    assert REASONS == (TOO_SHORT, TOO_LONG, QUERY_EQUALS_POSITIVE, QUERY_IN_POSITIVE, ANSWER_REPEATS_QUESTION,
-                       MOJIBAKE, MARKUP, BOILERPLATE, REPETITIVE, LOW_CJK_RATIO, LOW_PAIR_SCORE)
+    assert tuple(FilterReason) == (FilterReason.TOO_SHORT, FilterReason.TOO_LONG, FilterReason.QUERY_EQUALS_POSITIVE, FilterReason.QUERY_IN_POSITIVE, FilterReason.ANSWER_REPEATS_QUESTION,
+                       FilterReason.MOJIBAKE, FilterReason.MARKUP, FilterReason.BOILERPLATE, FilterReason.REPETITIVE, FilterReason.LOW_CJK_RATIO, FilterReason.LOW_PAIR_SCORE)
     # Every reason but the pair score (tested below with scores) has crafted bad pairs.
-    assert {case[-1] for case in BAD_PAIRS} == set(REASONS) - {LOW_PAIR_SCORE}
+    assert {case[-1] for case in BAD_PAIRS} == set(tuple(FilterReason)) - {FilterReason.LOW_PAIR_SCORE}
 
 
 @pytest.mark.parametrize(("text", "text_pos", "homogeneous", "task_type", "reason"), BAD_PAIRS)
@@ -84,9 +73,9 @@ def test_bad_pair_gets_its_reason(text, text_pos, homogeneous, task_type, reason
 
 def test_first_reason_in_order_wins():
     # Mojibake and repetitive: mojibake comes first.
-    assert pair_reason("乱码", "\ufffd坏" * 30, False, "qa", DEFAULTS) == MOJIBAKE
+    assert pair_reason("乱码", "\ufffd坏" * 30, False, "qa", DEFAULTS) == FilterReason.MOJIBAKE
     # Equal after normalisation and too short: too_short comes first.
-    assert pair_reason("好！", "好", True, "paraphrase", DEFAULTS) == TOO_SHORT
+    assert pair_reason("好！", "好", True, "paraphrase", DEFAULTS) == FilterReason.TOO_SHORT
 
 
 def test_real_sample_rows_are_kept(samples_build):
@@ -101,7 +90,7 @@ def test_real_sample_rows_are_kept(samples_build):
     assert checked >= 180
     # The one real row dropped: the positive is the query plus the particle 啊, a near-duplicate pair that teaches
     # nothing (the trivial containment query_in_positive exists for).
-    assert dropped == [("SimCLUE", "我也不知道为什么", "我也不知道为什么啊", QUERY_IN_POSITIVE)]
+    assert dropped == [("SimCLUE", "我也不知道为什么", "我也不知道为什么啊", FilterReason.QUERY_IN_POSITIVE)]
 
 
 @pytest.mark.parametrize(
@@ -124,9 +113,9 @@ def test_good_short_and_mixed_pairs_are_kept(text, text_pos, homogeneous, task_t
 
 
 def test_length_bounds_differ_between_s2s_and_s2p():
-    assert pair_reason(VARIED, VARIED[:300], True, "paraphrase", DEFAULTS) == TOO_LONG
+    assert pair_reason(VARIED, VARIED[:300], True, "paraphrase", DEFAULTS) == FilterReason.TOO_LONG
     assert pair_reason(VARIED, "一个很短的回答", False, "qa", DEFAULTS) is None
-    assert pair_reason("茶", "茶叶", True, "paraphrase", DEFAULTS) == TOO_SHORT
+    assert pair_reason("茶", "茶叶", True, "paraphrase", DEFAULTS) == FilterReason.TOO_SHORT
     assert pair_reason("茶", "茶叶是茶树的叶子", False, "qa", DEFAULTS) is None
     assert DEFAULTS.s2s_pos_max_chars < DEFAULTS.s2p_pos_max_chars
 
@@ -134,7 +123,7 @@ def test_length_bounds_differ_between_s2s_and_s2p():
 def test_query_in_positive_only_for_s2s():
     any_containment = FilterParams(query_in_positive_min_coverage=0)
     query = "黑死病从何而来"
-    assert pair_reason(query, PASSAGE + query, True, "paraphrase", any_containment) == QUERY_IN_POSITIVE
+    assert pair_reason(query, PASSAGE + query, True, "paraphrase", any_containment) == FilterReason.QUERY_IN_POSITIVE
     assert pair_reason(query, query + "？" + PASSAGE, False, "mrc", any_containment) is None
     # By default only a near-duplicate containment counts: a real paraphrase that drops a few words is kept.
     assert pair_reason("肾亏吃什么会好", "肾亏吃什么", True, "paraphrase", DEFAULTS) is None
@@ -143,7 +132,7 @@ def test_query_in_positive_only_for_s2s():
 def test_cjk_check_skipped_for_nl2sql():
     sql = "SELECT name , country FROM singer ORDER BY age DESC"
     assert pair_reason("按年龄列出歌手的名字和国家", sql, False, "nl2sql", DEFAULTS) is None
-    assert pair_reason("按年龄列出歌手的名字和国家", sql, False, "qa", DEFAULTS) == LOW_CJK_RATIO
+    assert pair_reason("按年龄列出歌手的名字和国家", sql, False, "qa", DEFAULTS) == FilterReason.LOW_CJK_RATIO
 
 
 def test_code_positives_are_not_cjk_checked():
@@ -157,7 +146,7 @@ def test_code_positives_are_not_cjk_checked():
 
 def test_markup_allowance_grows_with_length():
     tags = "<br>第一行<br>第二行<br>第三行"
-    assert pair_reason("换行", tags, False, "qa", DEFAULTS) == MARKUP
+    assert pair_reason("换行", tags, False, "qa", DEFAULTS) == FilterReason.MARKUP
     assert pair_reason("换行", tags + VARIED, False, "qa", DEFAULTS) is None
 
 
@@ -176,18 +165,18 @@ PAIRS = [
 
 
 def test_reasons_over_a_table():
-    assert reasons(table_of(PAIRS), DEFAULTS) == [None, None, BOILERPLATE, None]
+    assert reasons(table_of(PAIRS), DEFAULTS) == [None, None, FilterReason.BOILERPLATE, None]
 
 
 def test_pair_score_hook():
     params = FilterParams(min_pair_score=0.43)
     scores = [0.9, 0.2, 0.1, 0.43]
     # A row another filter drops keeps that reason; the score filter comes last.
-    assert reasons(table_of(PAIRS), params, pa.array(scores)) == [None, LOW_PAIR_SCORE, BOILERPLATE, None]
-    assert reasons(table_of(PAIRS), params, scores) == [None, LOW_PAIR_SCORE, BOILERPLATE, None]
-    assert pair_reason(*PAIRS[1], params, score=0.2) == LOW_PAIR_SCORE
+    assert reasons(table_of(PAIRS), params, pa.array(scores)) == [None, FilterReason.LOW_PAIR_SCORE, FilterReason.BOILERPLATE, None]
+    assert reasons(table_of(PAIRS), params, scores) == [None, FilterReason.LOW_PAIR_SCORE, FilterReason.BOILERPLATE, None]
+    assert pair_reason(*PAIRS[1], params, score=0.2) == FilterReason.LOW_PAIR_SCORE
     # Without min_pair_score, scores change nothing.
-    assert reasons(table_of(PAIRS), DEFAULTS, scores) == [None, None, BOILERPLATE, None]
+    assert reasons(table_of(PAIRS), DEFAULTS, scores) == [None, None, FilterReason.BOILERPLATE, None]
 
 
 def test_pair_score_filter_needs_scores():
@@ -212,25 +201,25 @@ def test_reasons_needs_the_pair_columns():
     [
         (("画蛇添足", "多此一举", True, "paraphrase"), None, {"s2s_query_min_chars": 5}),
         (("黑死病", PASSAGE, False, "mrc"), None, {"s2p_pos_max_chars": 50}),
-        (("我也不知道为什么", "我也不知道为什么啊", True, "paraphrase"), QUERY_IN_POSITIVE,
+        (("我也不知道为什么", "我也不知道为什么啊", True, "paraphrase"), FilterReason.QUERY_IN_POSITIVE,
          {"query_in_positive_min_coverage": 0.95}),
-        (("北京是中国的首都吗", "北京是中国的首都吗？是", False, "qa"), ANSWER_REPEATS_QUESTION,
+        (("北京是中国的首都吗", "北京是中国的首都吗？是", False, "qa"), FilterReason.ANSWER_REPEATS_QUESTION,
          {"answer_min_new_chars": 1}),
-        (("文件乱码了", "这是\ufffd\ufffd的文本", False, "qa"), MOJIBAKE, {"max_mojibake": 2}),
-        (("网页残留", "<p>第一段</p><br/>第二段", False, "qa"), MARKUP, {"max_markup": 3}),
-        (("你有感情吗", "作为一个AI语言模型，我没有感情。", False, "instruction"), BOILERPLATE,
+        (("文件乱码了", "这是\ufffd\ufffd的文本", False, "qa"), FilterReason.MOJIBAKE, {"max_mojibake": 2}),
+        (("网页残留", "<p>第一段</p><br/>第二段", False, "qa"), FilterReason.MARKUP, {"max_markup": 3}),
+        (("你有感情吗", "作为一个AI语言模型，我没有感情。", False, "instruction"), FilterReason.BOILERPLATE,
          {"boilerplate_phrases": ()}),
         (("你好", "您好，很高兴认识你", False, "qa"), None, {"boilerplate_phrases": ("很高兴认识你",)}),
-        (("笑什么", "哈" * 20, False, "qa"), REPETITIVE, {"max_char_run": 30, "max_ngram_dup_share": 1}),
-        (("说三遍", "这个问题很好。" * 3, False, "qa"), REPETITIVE, {"max_ngram_dup_share": 0.7}),
+        (("笑什么", "哈" * 20, False, "qa"), FilterReason.REPETITIVE, {"max_char_run": 30, "max_ngram_dup_share": 1}),
+        (("说三遍", "这个问题很好。" * 3, False, "qa"), FilterReason.REPETITIVE, {"max_ngram_dup_share": 0.7}),
         (("说两遍", "这个问题很好。" * 2, False, "qa"), None, {"repetition_ngram": 1, "max_ngram_dup_share": 0.4}),
         (("什么是光合作用", "Photosynthesis is how green plants turn sunlight into food.", False, "qa"),
-         LOW_CJK_RATIO, {"min_cjk_ratio": 0}),
+         FilterReason.LOW_CJK_RATIO, {"min_cjk_ratio": 0}),
         (("翻译成英文：谢谢你的帮助", "Thank you for your help.", False, "instruction"), None,
          {"cjk_either_side_task_types": []}),
         (("Write a haiku about the sea", "Waves fold into foam, the tide keeps its slow promise", False,
-          "instruction"), LOW_CJK_RATIO, {"cjk_exempt_task_types": ["nl2sql", "instruction"]}),
-        (("什么是光合作用", "Photosynthesis is how plants eat.", False, "qa"), LOW_CJK_RATIO,
+          "instruction"), FilterReason.LOW_CJK_RATIO, {"cjk_exempt_task_types": ["nl2sql", "instruction"]}),
+        (("什么是光合作用", "Photosynthesis is how plants eat.", False, "qa"), FilterReason.LOW_CJK_RATIO,
          {"cjk_min_units": 10}),
     ],
 )
@@ -238,7 +227,7 @@ def test_thresholds_are_configurable(pair, default_reason, override):
     assert pair_reason(*pair, DEFAULTS) == default_reason
     changed = pair_reason(*pair, FilterParams(**override))
     assert changed != default_reason
-    assert changed in (None, *REASONS)
+    assert changed in (None, *tuple(FilterReason))
 
 
 def test_params_are_described_and_strict():
@@ -292,10 +281,10 @@ def test_filter_stage_writes_kept_and_dropped_rows_with_the_accounting(tmp_path,
     monkeypatch.setattr(filters, "BATCH_ROWS", 5)  # three batches: locators count rows across them
     counts = filters.filter_source("mixed", path, tmp_path, DEFAULTS)
     counts.check()
-    assert (counts.read, counts.kept, counts.dropped) == (12, 9, {BOILERPLATE: 3})
+    assert (counts.read, counts.kept, counts.dropped) == (12, 9, {FilterReason.BOILERPLATE: 3})
     kept = pq.read_table(tmp_path / "filter" / "mixed.parquet")
     dropped = pq.read_table(tmp_path / "filter" / "dropped" / "mixed.parquet").to_pylist()
     assert kept.schema.equals(M3E_HQ_SCHEMA, check_metadata=False)
     assert kept["id"].to_pylist() == [r["id"] for r in rows if r["text"] != "你有感情吗"]
     assert [(d["id"], d["locator"], d["reason"]) for d in dropped] == [
-        (f"{i:024x}", f"dedup/mixed.parquet#{i}", BOILERPLATE) for i in (2, 6, 10)]
+        (f"{i:024x}", f"dedup/mixed.parquet#{i}", FilterReason.BOILERPLATE) for i in (2, 6, 10)]

@@ -205,10 +205,11 @@ def test_readme_source_tables_are_generated_from_the_catalog(catalog):
 
 def test_readme_documents_every_stage_setting_and_reason():
     from m3e_hq.flows.core import negatives
-    from m3e_hq.flows.stages import dedup, filters, mine
+    from m3e_hq.flows.pipeline.build import STAGES
+    from m3e_hq.flows.stages import filters, mine
 
     readme = README.read_text(encoding="utf-8")
-    names = [*filters.FilterParams.model_fields, *filters.REASONS, *dedup.REASONS, *mine.REASONS,
+    names = [*filters.FilterParams.model_fields, *(reason for stage in STAGES for reason in stage.reasons),
              *(f for f in mine.MineParams.model_fields if f != "negatives")]
     assert [name for name in names if f"`{name}`" not in readme] == []
     flow_parameters = inspect.signature(build_m3e_hq.fn).parameters

@@ -13,15 +13,14 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from m3e_hq.flows.core.accounting import StageCounts
-from m3e_hq.flows.stages.ingest import ingest_source
+from m3e_hq.flows.stages.ingest import IngestReason, ingest_source
 from m3e_hq.schemas import DROPPED_SCHEMA, M3E_HQ_SCHEMA, validate_table
 from m3e_hq.sources.catalog import default_catalog
 from m3e_hq.sources.readers import SourceFile
 
 CATALOG = default_catalog()
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-REASONS = {"invalid_json", "invalid_utf8", "invalid_record", "missing_field", "wrong_type", "empty_text",
-           "text_too_long", "unreadable_file", "label_filtered", "unanswerable", "missing_table", "bad_sql"}
+REASONS = set(IngestReason)
 
 HUGE = "长" * 200_000
 DEEP = "[" * 500 + "]" * 500

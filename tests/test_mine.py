@@ -12,8 +12,8 @@ import torch
 from m3e_hq.flows.core.encode import encode, load_encoder
 from m3e_hq.flows.core.negatives import NegativeParams
 from m3e_hq.flows.core.teacher import CrossEncoderTeacher
-from m3e_hq.flows.stages.dedup import key
-from m3e_hq.flows.stages.mine import NO_NEGATIVES, MineParams, merge, mine_sources
+from m3e_hq.flows.core.text import key
+from m3e_hq.flows.stages.mine import MineParams, MineReason, merge, mine_sources
 from m3e_hq.schemas import M3E_HQ_SCHEMA, M3E_HQ_WITH_SCORE_SCHEMA
 from test_dedup import rows_of
 
@@ -82,7 +82,7 @@ def test_the_positive_aware_margin_holds_for_kept_negatives(tmp_path, catalog, t
                                                        false_negative_margin=None), catalog)
     rows = kept_rows(tmp_path, "webqa")
     assert rows and all(s <= r["score_pos"] * 0.99 + 1e-6 for r in rows for s in r["score_neg"])
-    assert result.counts[0].kept + result.counts[0].dropped.get(NO_NEGATIVES, 0) == 40
+    assert result.counts[0].kept + result.counts[0].dropped.get(MineReason.NO_NEGATIVES, 0) == 40
     assert result.stats["candidates"]["margin"] > 0
 
 
@@ -121,7 +121,7 @@ def test_shortfall_is_reported_and_rows_without_enough_negatives_are_dropped(tmp
     fewer = SMALL.model_copy(update={"num_negatives": 5})
     result = mine_sources(inputs, tmp_path, MineParams(encoder=str(tiny_encoder), negatives=fewer, min_negatives=4,
                                                        false_negative_margin=None), catalog)
-    assert result.counts[0].dropped == {NO_NEGATIVES: 4}
+    assert result.counts[0].dropped == {MineReason.NO_NEGATIVES: 4}
     dropped = pq.read_table(result.counts[0].dropped_path).to_pylist()
     assert dropped[0]["detail"] == "3 negatives left of the 5 asked (pool of 4 texts)"
     assert json.loads(dropped[0]["raw"])["id"] == dropped[0]["id"]

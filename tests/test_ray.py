@@ -13,10 +13,10 @@ from m3e_hq.flows.pipeline.build import (
     LOCAL_RAY,
     TaskRunnerError,
     build_m3e_hq,
-    filter_outputs,
     gpus_per_task,
     task_runner,
 )
+from m3e_hq.flows.core.stage import StageResult
 from m3e_hq.flows.stages.mine import MineParams, encode_jobs, encode_shard, mine_sources
 from prefect.context import serialize_context
 from prefect.server.api.server import SubprocessASGIServer
@@ -98,7 +98,7 @@ def test_the_cli_gives_ray_workers_its_one_prefect_server(prefect_server):
 
 @pytest.mark.parametrize("pool", ["source", "all"])
 def test_encode_shards_fill_the_cache_that_mining_reads(samples_build, catalog, tiny_encoder, tmp_path, pool):
-    inputs = filter_outputs(samples_build["stages"]["filter"])
+    inputs = StageResult(samples_build["stages"]["filter"]).outputs
     params = MineParams(encoder=str(tiny_encoder), encode_shards=3, pool=pool, query_prompt="查询：")
     shards = [encode_shard(inputs, params, catalog, tmp_path / "cache", shard) for shard in range(3)]
     assert all(s["texts"] == s["encoded"] > 0 and s["cached"] == 0 for s in shards)

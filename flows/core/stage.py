@@ -74,9 +74,9 @@ class Stage:
     """One step of the pipeline.
 
     `params_of` picks the stage's parameters out of the build's; `scope` may depend on them (mining pools either
-    way). `isolated`: an error in one source's unit fails that source only, not the build (ingest). `prepare`,
-    run in `prepare_shards(params)` concurrent units before the stage when that is more than one, fills a cache
-    the stage then reads (mining's encode shards); `device(params)` says which torch device the stage's models
+    way). `isolated`: an error in one source's unit fails that source only, not the build (ingest). `prepare`
+    (named `prepare_name`), run in `prepare_shards(params)` concurrent units before the stage when that is more
+    than one, fills a cache the stage then reads (mining's encode shards); `device(params)` says which torch device the stage's models
     use (for the GPU requests of a Ray task runner).
     """
 
@@ -89,6 +89,7 @@ class Stage:
     merge: Callable[[list[StageResult], Any], StageResult] = concat
     isolated: bool = False
     prepare: Callable[[dict[str, Any], Any, Context, int], Any] | None = None
+    prepare_name: str = "prepare"
     prepare_shards: Callable[[Any], int] = lambda params: 1
     device: Callable[[Any], str | None] | None = None
 

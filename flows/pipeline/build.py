@@ -54,7 +54,7 @@ from m3e_hq.flows.pipeline.artifacts import publish_artifacts
 from m3e_hq.flows.pipeline.download import obtain_mapped, obtain_sources
 from m3e_hq.flows.pipeline.params import BuildParams
 from m3e_hq.flows.pipeline.push import push_to_hub
-from m3e_hq.flows.stages.clean import DEFAULT_MAX_CHARS
+from m3e_hq.flows.core.clean import DEFAULT_MAX_CHARS
 from m3e_hq.flows.stages.dedup import DEDUP, DedupParams
 from m3e_hq.flows.stages.filters import FILTER, FilterParams
 from m3e_hq.flows.stages.ingest import INGEST
@@ -290,7 +290,7 @@ def unit_task(fn: Callable[..., R], name: str) -> Task[..., Stamped[R]]:
 
 
 STAGE_TASKS = {s.name: unit_task(s.run, s.name) for s in STAGES}
-PREPARE_TASKS = {s.name: unit_task(s.prepare, f"{s.name}-prepare") for s in STAGES if s.prepare is not None}
+PREPARE_TASKS = {s.name: unit_task(s.prepare, s.prepare_name) for s in STAGES if s.prepare is not None}
 
 
 def current(got: Stamped[R], stage: Task[..., Stamped[R]], args: tuple[Any, ...]) -> R:
@@ -322,7 +322,7 @@ class PrefectTasks:
     def prepare(self, stage: Stage, inputs: dict[str, Any], params: Any, context: Context, shards: int) -> None:
         shard_run = PREPARE_TASKS[stage.name].with_options(result_storage=self.build_dir / RESULTS_DIR)
         with model_tasks(stage, params):
-            futures = [shard_run.with_options(task_run_name=f"{stage.name}-prepare-{shard}")
+            futures = [shard_run.with_options(task_run_name=f"{stage.prepare_name}-{shard}")
                        .submit(inputs, params, context, shard) for shard in range(shards)]
         for future in futures:
             future.result()

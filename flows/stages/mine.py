@@ -386,4 +386,4 @@ def prepare(inputs: dict[str, Path], params: MineParams, context: Context, shard
 
 
 MINE = Stage(STAGE, MineParams, attrgetter("mine"), MineReason, run, scope=lambda params: Scope(params.pool),
-             merge=merge, prepare=prepare, prepare_shards=attrgetter("encode_shards"), device=attrgetter("device"))
+             merge=merge, prepare=prepare, prepare_name="encode", prepare_shards=attrgetter("encode_shards"), device=attrgetter("device"))

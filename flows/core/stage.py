@@ -123,7 +123,7 @@ def attempt(stage: Stage, unit: dict[str, Any], call: Callable[[], StageResult])
         return call()
     except OutputError:
         raise
-    except Exception as exc:  # noqa: BLE001 - reported per source: one broken source does not stop the build
+    except Exception as exc:  # reported per source: one broken source does not stop the build
         if not stage.isolated:
             raise
         return Failed.of(unit, exc)

@@ -1,0 +1,132 @@
+"""The stage machinery (flows.core.stage): units by scope, the runner chaining stages, isolated failures, the
+keep/drop loop's accounting and locators, and a new stage added as one object in the list."""
+
+import itertools
+import re
+from operator import attrgetter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pydantic import BaseModel
+
+from m3e_hq.flows.core.accounting import OutputError, parquet_batches
+from m3e_hq.flows.core.stage import (
+    Context,
+    Reason,
+    Scope,
+    Stage,
+    StageResult,
+    Verdicts,
+    run_stages,
+    sift,
+)
+from m3e_hq.flows.pipeline.build import STAGES, Intake, context
+from m3e_hq.flows.pipeline.download import obtain_sources
+from m3e_hq.flows.pipeline.params import BuildParams
+from m3e_hq.flows.stages.mine import MINE
+from m3e_hq.schemas import M3E_HQ_SCHEMA
+from m3e_hq.sources.catalog import default_catalog
+from test_dedup import rows_of
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+PHONE = re.compile(r"1[3-9]\d{9}")
+
+
+class PhoneReason(Reason):
+    PHONE_NUMBER = "phone_number", "a side holds a mainland mobile number"
+
+
+class PhoneParams(BaseModel):
+    enabled: bool = True
+
+
+def drop_phones(inputs: dict[str, Path], params: PhoneParams, context: Context) -> StageResult:
+    """A stage written as a new module would be: a verdict per row, `sift` does the rest."""
+    def decide(table: pa.Table, offset: int) -> Verdicts:
+        texts = zip(table["text"].to_pylist(), table["text_pos"].to_pylist(), strict=True)
+        return Verdicts([PhoneReason.PHONE_NUMBER if PHONE.search(q + p) else None for q, p in texts])
+
+    return StageResult([sift((pa.Table.from_batches([b]) for b in parquet_batches(path, 3)), decide,
+                             context.build_dir / "phones", "phones", name, M3E_HQ_SCHEMA,
+                             f"{path.parent.name}/{path.name}") for name, path in inputs.items()])
+
+
+PHONES = Stage("phones", PhoneParams, lambda build: PhoneParams(), PhoneReason, drop_phones)
+
+
+def write_source(folder: Path, name: str, pairs: list[tuple[str, str]]) -> Path:
+    path = folder / "in" / f"{name}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows_of(default_catalog(), name, pairs), schema=M3E_HQ_SCHEMA), path)
+    return path
+
+
+def test_units_follow_the_scope_in_catalog_order(catalog):
+    inputs = {"lcqmc": Path("b"), "cmrc2018": Path("a")}
+    per_source = Stage("s", PhoneParams, attrgetter("x"), PhoneReason, drop_phones)
+    assert per_source.units(inputs, None, catalog) == [{"cmrc2018": Path("a")}, {"lcqmc": Path("b")}]
+    over_all = Stage("s", PhoneParams, attrgetter("x"), PhoneReason, drop_phones, scope=Scope.ALL)
+    assert over_all.units(inputs, None, catalog) == [{"cmrc2018": Path("a"), "lcqmc": Path("b")}]
+    assert MINE.scope_for(BuildParams().mine) is Scope.SOURCE
+    assert MINE.scope_for(BuildParams(mine={"pool": "all"}).mine) is Scope.ALL
+
+
+def test_a_new_stage_is_one_object_in_the_list_and_keeps_the_accounting(tmp_path, catalog):
+    pairs = [("我的电话是13812345678", "请联系我"), ("今天天气很好", "天气不错"), ("号码", "拨打15900001111"),
+             ("一二三", "四五六"), ("电话多少", "没有电话")]
+    inputs = {"lcqmc": write_source(tmp_path, "lcqmc", pairs), "BQ": write_source(tmp_path, "BQ", pairs[:2])}
+    seen = []
+    run = run_stages([PHONES], inputs, None, Context(tmp_path, catalog, tmp_path / "cache"),
+                     on_stage=lambda stage, result: seen.append(stage.name))
+    counts = {c.source: c for c in run.results["phones"].counts}
+    assert seen == ["phones"] and list(counts) == ["BQ", "lcqmc"]  # catalog order
+    assert (counts["lcqmc"].read, counts["lcqmc"].kept, counts["lcqmc"].dropped) == (5, 3, {"phone_number": 2})
+    dropped = pq.read_table(tmp_path / "phones" / "dropped" / "lcqmc.parquet").to_pylist()
+    assert [d["locator"] for d in dropped] == ["in/lcqmc.parquet#0", "in/lcqmc.parquet#2"]  # across batches of 3
+    kept = pq.read_table(run.results["phones"].outputs["lcqmc"])["text"].to_pylist()
+    assert kept == ["今天天气很好", "一二三", "电话多少"]
+
+
+def test_an_isolated_stage_fails_one_source_and_others_go_on(tmp_path, catalog):
+    def explodes_on_bq(inputs, params, context):
+        if "BQ" in inputs:
+            raise ValueError("bad BQ file")
+        return drop_phones(inputs, params, context)
+
+    inputs = {"lcqmc": write_source(tmp_path, "lcqmc", [("一二", "三四")]), "BQ": write_source(tmp_path, "BQ", [])}
+    ctx = Context(tmp_path, catalog, tmp_path / "cache")
+    isolated = Stage("phones", PhoneParams, lambda b: PhoneParams(), PhoneReason, explodes_on_bq, isolated=True)
+    run = run_stages([isolated, PHONES], inputs, None, ctx)
+    assert run.failed == {"BQ": "ValueError: bad BQ file"}
+    assert list(run.results["phones"].outputs) == ["lcqmc"]  # the next stage ran on what was left
+    with pytest.raises(ValueError, match="bad BQ file"):
+        run_stages([Stage("phones", PhoneParams, lambda b: PhoneParams(), PhoneReason, explodes_on_bq)], inputs,
+                   None, ctx)
+
+    def disk_full(inputs, params, context):
+        raise OutputError(28, "No space left on device", str(tmp_path))
+
+    with pytest.raises(OutputError):
+        run_stages([Stage("phones", PhoneParams, lambda b: PhoneParams(), PhoneReason, disk_full, isolated=True)],
+                   inputs, None, ctx)
+
+
+def test_the_stage_list_runs_in_process_like_the_build(tmp_path, catalog):
+    params = BuildParams(samples=True, sources=["lcqmc", "ocnli"], out_dir=tmp_path)
+    intake = Intake.of(obtain_sources(params))
+    cpu = [stage for stage in STAGES if stage is not MINE]
+    run = run_stages(cpu, intake.files, params, context(params))
+    assert list(run.results) == ["ingest", "dedup", "filter"] and run.failed == {}
+    for before, after in itertools.pairwise(cpu):
+        reads = {c.source: c.read for c in run.results[after.name].counts}
+        assert reads == {c.source: c.kept for c in run.results[before.name].counts}, after.name
+
+
+def test_every_stage_reason_is_a_row_of_the_readme():
+    readme = README.read_text(encoding="utf-8")
+    rows = re.findall(r"^\| ((?:`\w+`(?: / )?)+) \|", readme, re.MULTILINE)
+    documented = {code for row in rows for code in re.findall(r"`(\w+)`", row)}
+    missing = [f"{stage.name}: {reason}" for stage in STAGES for reason in stage.reasons if reason not in documented]
+    assert missing == [] and all(reason.description for stage in STAGES for reason in stage.reasons)

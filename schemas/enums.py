@@ -69,3 +69,38 @@ class Permission(LabelledEnum):
     YES = "yes", "是"
     NO = "no", "否"
     UNKNOWN = "unknown", "未说明"
+
+
+class ObtainStatus(StrEnum):
+    """How a source's native files were had (sources/fetch.py), or, without fetching, where it stands."""
+
+    CACHED = "cached"
+    DOWNLOADED = "downloaded"
+    PRESENT = "present"
+    PARTIAL = "partial"
+    SKIPPED = "skipped"
+    UNAVAILABLE = "unavailable"
+    FAILED = "failed"
+    NOT_DOWNLOADED = "not downloaded"
+
+    @property
+    def ok(self) -> bool:
+        """Whether the source has files to read."""
+        return self in (ObtainStatus.CACHED, ObtainStatus.DOWNLOADED, ObtainStatus.PRESENT, ObtainStatus.PARTIAL)
+
+
+class SourceStatus(StrEnum):
+    """How a source fared in a build."""
+
+    OK = "ok"
+    MISSING = "missing"  # its folder lacks the files
+    SKIPPED = "skipped"  # a manual source not there
+    UNAVAILABLE = "unavailable"  # a manual source that cannot be downloaded any more, not there
+    FAILED = "failed"  # download or ingest error
+
+
+class CacheState(StrEnum):
+    """A cache record's last download attempt."""
+
+    CACHED = "cached"  # complete
+    FAILED = "failed"  # with the reason

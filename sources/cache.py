@@ -4,7 +4,7 @@ Cache layout (`--cache-dir`, else `$M3E_HQ_CACHE`, else `$XDG_CACHE_HOME/m3e-hq`
 
     sources/<source>/     the native files, laid out as the catalog's file globs expect
     downloads/<source>/   the HTTP files as fetched (archives are kept, so a re-extraction needs no download)
-    state/<source>.json   the last attempt: `cached` (complete) or `failed` (with the reason)
+    state/<source>.json   the last attempt (CacheState): `cached` (complete) or `failed` (with the reason)
 
 A source counts as cached only when its record says `cached`, was written for the catalog's current `obtain`
 and file globs, and every recorded file is still there with its recorded size. The record is written after the
@@ -20,9 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from m3e_hq.sources.catalog import Source
-
 from m3e_hq.files import write_json_atomic
+from m3e_hq.schemas import CacheState
+from m3e_hq.sources.catalog import Source
 
 CACHE_ENV = "M3E_HQ_CACHE"
 MANUAL_ENV = "M3E_HQ_MANUAL"
@@ -74,7 +74,7 @@ def read_record(cache: Path, name: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def write_record(cache: Path, source: Source, status: str, **fields: Any) -> dict[str, Any]:
+def write_record(cache: Path, source: Source, status: CacheState, **fields: Any) -> dict[str, Any]:
     record = {"source": source.name, "status": status, "at": datetime.now(UTC).isoformat(timespec="seconds"),
               "spec": spec(source), **fields}
     write_json_atomic(record_path(cache, source.name), record)
@@ -96,7 +96,7 @@ def stale_reason(cache: Path, source: Source, record: dict[str, Any] | None) -> 
     """Why the cached copy cannot be used (None: it can): no record, a failed or stale record, or a changed file."""
     if record is None:
         return "not downloaded"
-    if record.get("status") != "cached":
+    if record.get("status") != CacheState.CACHED:
         return f"last attempt failed: {record.get('message')}"
     if record.get("spec") != spec(source):
         return "the catalog entry changed since it was downloaded"

@@ -23,6 +23,8 @@ from typing import IO, Any
 
 import httpx
 
+from m3e_hq.sources.errors import TransientError
+
 HASH_CHUNK = 1 << 20
 DEFAULT_MAX_BYTES = 20 << 30  # 20 GiB uncompressed
 _CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)")
@@ -36,6 +38,10 @@ class DownloadError(RuntimeError):
         self.url = url
         self.attempts = attempts
         self.status = status
+
+
+class TransientDownloadError(DownloadError, TransientError):
+    """A transient failure (5xx, 429, a network error, a short body) that outlasted the retries."""
 
 
 class ChecksumError(DownloadError):
@@ -151,7 +157,8 @@ def download_file(
 
     An existing `dest` is not downloaded again (only checked against `sha256`). Transient failures (5xx, 429,
     network errors, a body cut short) are retried up to `retries` more times, sleeping `backoff * 2**n` before the
-    n-th retry (n from 0); a cut transfer resumes where it stopped. Other 4xx answers fail at once.
+    n-th retry (n from 0), then raise TransientDownloadError; a cut transfer resumes where it stopped. Other 4xx
+    answers fail at once.
     `on_bytes` is called with the size of each chunk written (for a progress bar).
     """
     dest = Path(dest)
@@ -182,7 +189,7 @@ def download_file(
                 last_error = exc
         else:
             cause = f"{type(last_error).__name__}: {last_error}"
-            raise DownloadError(
+            raise TransientDownloadError(
                 f"GET {url} failed after {attempts} attempts; last error: {cause}", url=url, attempts=attempts
             ) from last_error
 

@@ -25,7 +25,9 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+
 from m3e_hq.sources.catalog import HubObtain
+from m3e_hq.sources.errors import TransientError
 
 # What huggingface_hub raises for HTTP answers, offline mode and missing cache entries (all OSError), and network
 # failures.
@@ -34,6 +36,10 @@ PROBLEMS = (OSError, httpx2.TransportError)
 
 class HubError(RuntimeError):
     """A Hub download that failed for good, with what to do about it."""
+
+
+class TransientHubError(HubError, TransientError):
+    """A transient failure (5xx, 408, 429, a network error) that outlasted the retries."""
 
 
 def endpoint() -> str | None:
@@ -87,8 +93,9 @@ def resolve_revision(obtain: HubObtain) -> str:
 def fetch_hub(obtain: HubObtain, folder: Path, *, retries: int = 3, backoff: float = 1.0) -> str:
     """Download the allow-listed files of the repo at its (resolved) revision into `folder`; return the commit.
 
-    Transient failures (5xx, 429, network errors) are retried with exponential backoff; files already complete
-    are not fetched again. Anything else raises HubError naming the repo, the revision and what to fix.
+    Transient failures (5xx, 408, 429, network errors) are retried with exponential backoff, then raise
+    TransientHubError; files already complete are not fetched again. Anything else raises HubError naming the repo,
+    the revision and what to fix.
     """
     revision = obtain.revision or obtain.ref
     attempt = 0
@@ -100,7 +107,9 @@ def fetch_hub(obtain: HubObtain, folder: Path, *, retries: int = 3, backoff: flo
                               headers=headers())
             return revision
         except PROBLEMS as exc:
-            if attempt >= retries or not _transient(exc):
+            if not _transient(exc):
                 raise HubError(_explain(obtain, revision, exc)) from exc
+            if attempt >= retries:
+                raise TransientHubError(_explain(obtain, revision, exc)) from exc
         time.sleep(backoff * 2**attempt)
         attempt += 1

@@ -1,7 +1,7 @@
 """Obtaining one source: from the cache, by download (Hub or HTTP), or from the manual folder.
 
 `fetch_source` never raises for a source that cannot be had: it returns an `Obtained` whose status says what
-happened and whose message says what to do. Statuses:
+happened and whose message says what to do. Statuses (`ObtainStatus`):
 
     cached       complete in the cache; nothing downloaded
     downloaded   downloaded now and recorded as complete
@@ -9,7 +9,8 @@ happened and whose message says what to do. Statuses:
     partial      a manual source with some of its files (only those are read)
     skipped      a manual source with none of its files: download it by hand
     unavailable  a source that cannot be downloaded any more (a copy in the manual folder is still read)
-    failed       the download failed (the reason is recorded and shown by `m3e-hq sources`)
+    failed       the download failed (the reason is recorded and shown by `m3e-hq sources`); `transient` when
+                 it may pass (the downloader's own retries ran out on a timeout, network error, 408, 429 or 5xx)
 """
 
 import shutil
@@ -20,15 +21,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from m3e_hq import progress
+from m3e_hq.schemas import CacheState, ObtainStatus
 from m3e_hq.sources import cache
 from m3e_hq.sources.catalog import HttpObtain, HubObtain, ManualObtain, Source
 from m3e_hq.sources.download_http import DownloadError, UnsafeArchiveError, download_file, extract_archive, is_archive
 from m3e_hq.sources.download_hub import HubError, fetch_hub
+from m3e_hq.sources.errors import TransientError
 from m3e_hq.sources.layout import locate
-
-from m3e_hq import progress
-
-OK_STATUSES = ("cached", "downloaded", "present", "partial")
 
 
 @dataclass
@@ -36,21 +36,26 @@ class Obtained:
     """Where a source's native files are (when it has any) and how they were obtained."""
 
     source: str
-    status: str
+    status: ObtainStatus
     folder: Path | None = None
     message: str | None = None
     revision: str | None = None  # the Hub commit the files come from
     sha256: dict[str, str] = field(default_factory=dict)  # per downloaded URL
     files: dict[str, int] = field(default_factory=dict)  # relative path -> bytes
     missing: list[str] = field(default_factory=list)  # expected files that are absent
+    transient: bool = False  # a failed download worth trying again later (not in the summary)
+
+    def __post_init__(self) -> None:
+        self.status = ObtainStatus(self.status)
 
     @property
     def ok(self) -> bool:
-        return self.status in OK_STATUSES
+        return self.status.ok
 
     def summary(self) -> dict[str, Any]:
         out = asdict(self)
         out["folder"] = str(self.folder) if self.folder else None
+        del out["transient"]
         return out
 
 
@@ -67,11 +72,11 @@ def check_manual(source: Source, manual_root: Path) -> Obtained:
     missing = [f for f in obtain.files if f not in present]
     files = cache.file_sizes(folder, present)
     if not missing:
-        return Obtained(source.name, "present", folder, files=files)
+        return Obtained(source.name, ObtainStatus.PRESENT, folder, files=files)
     if present:
-        return Obtained(source.name, "partial", folder, f"{', '.join(missing)} missing from {folder}/: only the files "
-                        "present are read", files=files, missing=missing)
-    status = "unavailable" if obtain.unavailable else "skipped"
+        return Obtained(source.name, ObtainStatus.PARTIAL, folder, f"{', '.join(missing)} missing from {folder}/: "
+                        "only the files present are read", files=files, missing=missing)
+    status = ObtainStatus.UNAVAILABLE if obtain.unavailable else ObtainStatus.SKIPPED
     return Obtained(source.name, status, None, manual_guidance(obtain, folder, missing), missing=missing)
 
 
@@ -148,12 +153,12 @@ def _download(source: Source, cache_root: Path) -> Obtained:
         raise FetchError(f"{where} has no files matching {', '.join(located.missing)}: the layout changed? "
                          "fix the file globs in sources/catalog.yaml")
     files = cache.file_sizes(folder, [f.relpath for f in located.files])
-    cache.write_record(cache_root, source, "cached", revision=revision, sha256=hashes, files=files)
-    return Obtained(source.name, "downloaded", folder, "; ".join(notes) or None, revision, hashes, files)
+    cache.write_record(cache_root, source, CacheState.CACHED, revision=revision, sha256=hashes, files=files)
+    return Obtained(source.name, ObtainStatus.DOWNLOADED, folder, "; ".join(notes) or None, revision, hashes, files)
 
 
 def _cached(source: Source, cache_root: Path, record: dict[str, Any]) -> Obtained:
-    return Obtained(source.name, "cached", cache.source_folder(cache_root, source.name), None,
+    return Obtained(source.name, ObtainStatus.CACHED, cache.source_folder(cache_root, source.name), None,
                     record.get("revision"), record.get("sha256", {}), record["files"])
 
 
@@ -175,8 +180,8 @@ def fetch_source(source: Source, cache_root: Path, manual_root: Path) -> Obtaine
     except (HubError, DownloadError, UnsafeArchiveError, FetchError, OSError, zipfile.BadZipFile,
             tarfile.TarError) as exc:
         message = f"{type(exc).__name__}: {exc}"
-        cache.write_record(cache_root, source, "failed", message=message)
-        return Obtained(source.name, "failed", None, message)
+        cache.write_record(cache_root, source, CacheState.FAILED, message=message)
+        return Obtained(source.name, ObtainStatus.FAILED, None, message, transient=isinstance(exc, TransientError))
 
 
 def source_status(source: Source, cache_root: Path, manual_root: Path) -> Obtained:
@@ -187,6 +192,6 @@ def source_status(source: Source, cache_root: Path, manual_root: Path) -> Obtain
     reason = cache.stale_reason(cache_root, source, record)
     if record is not None and reason is None:
         return _cached(source, cache_root, record)
-    if record is not None and record.get("status") == "failed":
-        return Obtained(source.name, "failed", None, record.get("message"))
-    return Obtained(source.name, "not downloaded", None, reason)
+    if record is not None and record.get("status") == CacheState.FAILED:
+        return Obtained(source.name, ObtainStatus.FAILED, None, record.get("message"))
+    return Obtained(source.name, ObtainStatus.NOT_DOWNLOADED, None, reason)

@@ -9,15 +9,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
 from m3e_hq.sources.download_http import (
     ChecksumError,
     DownloadError,
+    TransientDownloadError,
     UnsafeArchiveError,
     download_file,
     extract_archive,
 )
-from pytest_httpserver import HTTPServer
-from werkzeug import Request, Response
+from m3e_hq.sources.errors import TransientError
 
 DATA = bytes(range(256)) * 400  # 102,400 bytes
 DATA_SHA = hashlib.sha256(DATA).hexdigest()
@@ -179,7 +182,7 @@ def test_persistent_server_error_fails_after_retries(httpserver: HTTPServer, tmp
     httpserver.expect_request("/f.bin").respond_with_data("boom", status=500)
     dest = tmp_path / "f.bin"
 
-    with pytest.raises(DownloadError, match="after 3 attempts.*HTTP 500") as info:
+    with pytest.raises(TransientDownloadError, match="after 3 attempts.*HTTP 500") as info:
         download_file(httpserver.url_for("/f.bin"), dest, retries=2, **FAST)
 
     assert info.value.attempts == 3 and len(httpserver.log) == 3
@@ -196,13 +199,14 @@ def test_not_found_fails_at_once(httpserver: HTTPServer, tmp_path: Path) -> None
     message = str(info.value)
     assert "404" in message and url in message and "catalog.yaml" in message
     assert info.value.attempts == 1 and info.value.status == 404 and len(httpserver.log) == 1
+    assert not isinstance(info.value, TransientError)  # retrying later would not help
 
 
 def test_connection_refused_fails_after_retries(tmp_path: Path) -> None:
     with socket.socket() as sock:  # a port that nothing listens on once the socket is closed
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(DownloadError, match="ConnectError") as info:
+    with pytest.raises(TransientDownloadError, match="ConnectError") as info:
         download_file(f"http://127.0.0.1:{port}/f.bin", tmp_path / "f.bin", retries=1, **FAST)
     assert info.value.attempts == 2
 
@@ -218,6 +222,7 @@ def test_checksum_mismatch_leaves_nothing(httpserver: HTTPServer, tmp_path: Path
 
     assert url in str(info.value) and wrong in str(info.value) and DATA_SHA in str(info.value)
     assert list(tmp_path.iterdir()) == []
+    assert not isinstance(info.value, TransientError)
 
 
 # --- archives -----------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Obtaining sources for real, offline: Hub downloads from a local stand-in (HF_ENDPOINT), HTTP downloads from a
 local server, the cache, and the manual folder; then the same ingest as the shipped samples."""
 
+import functools
 import hashlib
 import io
 import json
@@ -12,17 +13,22 @@ from pathlib import Path
 
 import pytest
 from conftest import EXPECTED_DIR, fake_commit
-from m3e_hq.flows.pipeline.build import build_sources, ingest_one
-from m3e_hq.flows.pipeline.download import MissingSourcesError, obtain_sources
-from m3e_hq.flows.pipeline.params import BuildParams
-from m3e_hq.sources import cache
-from m3e_hq.sources.catalog import HttpFile, HttpObtain, HubObtain, Source
-from m3e_hq.sources.download_http import file_sha256
-from m3e_hq.sources.fetch import fetch_source, source_status
-from m3e_hq.sources.layout import SAMPLES_DIR
 from pytest_httpserver import HTTPServer
 from test_download_http import in_sequence, serve_ranges
 from werkzeug import Request, Response
+
+from m3e_hq.flows.pipeline import download
+from m3e_hq.flows.pipeline.build import build_sources, ingest_one
+from m3e_hq.flows.pipeline.download import MissingSourcesError, download_m3e_hq_sources, obtain_sources
+from m3e_hq.flows.pipeline.params import BuildParams
+from m3e_hq.schemas import CacheState, ObtainStatus
+from m3e_hq.sources import cache, fetch
+from m3e_hq.sources.catalog import HttpFile, HttpObtain, HubObtain, Source
+from m3e_hq.sources.download_http import DownloadError, TransientDownloadError, download_file, file_sha256
+from m3e_hq.sources.download_hub import HubError, TransientHubError, fetch_hub
+from m3e_hq.sources.errors import TransientError
+from m3e_hq.sources.fetch import Obtained, fetch_source, source_status
+from m3e_hq.sources.layout import SAMPLES_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,6 +140,21 @@ def test_a_transient_hub_error_is_retried(mock_hub, tmp_path, catalog):
     assert sum(r == f"GET {path}" for r in mock_hub.requests) == 2
 
 
+def test_a_transient_hub_error_that_outlasts_the_retries_fails_the_source_as_transient(mock_hub, tmp_path, catalog,
+                                                                                       monkeypatch):
+    source = catalog.get("csl")
+    mock_hub.fail[f"GET /datasets/neuclir/csl/resolve/{fake_commit('neuclir/csl', 'main')}/data/csl.jsonl.gz"] = 9
+    with pytest.raises(TransientHubError, match="neuclir/csl@.*500") as info:
+        fetch_hub(source.obtain, tmp_path / "direct", retries=1, backoff=0)
+    assert isinstance(info.value, HubError) and isinstance(info.value, TransientError)
+    monkeypatch.setattr(fetch, "fetch_hub", functools.partial(fetch_hub, retries=1, backoff=0))
+    got = fetch_source(source, tmp_path / "cache", tmp_path / "manual")
+    assert (got.status, got.transient, got.folder) == (ObtainStatus.FAILED, True, None)
+    assert got.message.startswith("TransientHubError: neuclir/csl@") and "transient" not in got.summary()
+    record = cache.read_record(tmp_path / "cache", "csl")
+    assert record["status"] == CacheState.FAILED and record["message"] == got.message
+
+
 @pytest.mark.parametrize(("change", "says"), [
     ({"repo": "gone/away"}, "dataset repo gone/away not found on the Hub"),
     ({"revision": "b" * 40}, f"revision {'b' * 40} not found in hfl/cmrc2018"),
@@ -142,7 +163,7 @@ def test_hub_errors_fail_the_source_and_say_what_to_fix(mock_hub, tmp_path, cata
     source = catalog.get("cmrc2018")
     broken = source.model_copy(update={"obtain": source.obtain.model_copy(update=change)})
     got = fetch_source(broken, tmp_path / "cache", tmp_path / "manual")
-    assert got.status == "failed" and says in got.message
+    assert got.status == "failed" and says in got.message and not got.transient
     status = source_status(broken, tmp_path / "cache", tmp_path / "manual")
     assert status.status == "failed" and says in status.message
 
@@ -246,6 +267,7 @@ def test_http_404_fails_the_source_with_a_hint(httpserver, tmp_path, catalog):
     httpserver.expect_request("/tasks/simclue_public.zip").respond_with_data("gone", status=404)
     got = fetch_source(served(catalog.get("SimCLUE"), httpserver, None), tmp_path / "cache", tmp_path / "manual")
     assert got.status == "failed" and "HTTP 404" in got.message and "download the file by hand" in got.message
+    assert not got.transient
 
 
 def test_http_500_is_retried(httpserver, tmp_path, catalog):
@@ -253,6 +275,42 @@ def test_http_500_is_retried(httpserver, tmp_path, catalog):
     httpserver.expect_ordered_request("/tasks/simclue_public.zip").respond_with_data(simclue_zip())
     got = fetch_source(served(catalog.get("SimCLUE"), httpserver, None), tmp_path / "cache", tmp_path / "manual")
     assert got.status == "downloaded", got.message
+
+
+def test_http_503_that_outlasts_the_retries_fails_the_source_as_transient(httpserver, tmp_path, catalog, monkeypatch):
+    httpserver.expect_request("/tasks/simclue_public.zip").respond_with_data("busy", status=503)
+    monkeypatch.setattr(fetch, "download_file", functools.partial(download_file, retries=1, backoff=0))
+    got = fetch_source(served(catalog.get("SimCLUE"), httpserver, None), tmp_path / "cache", tmp_path / "manual")
+    assert got.status == "failed" and got.transient and len(httpserver.log) == 2
+    assert got.message.startswith("TransientDownloadError: GET ") and "failed after 2 attempts" in got.message
+
+
+def test_obtained_statuses_are_enums_and_unknown_ones_are_refused():
+    got = Obtained("x", "partial", Path("/m/x"))
+    assert got.status is ObtainStatus.PARTIAL and got.ok and not got.transient
+    with pytest.raises(ValueError, match="'done' is not a valid ObtainStatus"):
+        Obtained("x", "done")
+
+
+def test_the_obtain_task_retries_transient_failures_and_reports_permanent_ones_at_once(prefect_api, tmp_path,
+                                                                                       monkeypatch):
+    failures = {"cmrc2018": [TransientDownloadError("GET u failed after 5 attempts", url="u", attempts=5)],
+                "ocnli": [DownloadError("GET v failed with HTTP 404 Not Found", url="v", attempts=1, status=404)]}
+    calls: list[str] = []
+
+    def attempt(source: Source, cache_root: Path) -> Obtained:
+        calls.append(source.name)
+        if failures[source.name]:
+            raise failures[source.name].pop()
+        return Obtained(source.name, ObtainStatus.DOWNLOADED, SAMPLES_DIR / source.name)
+
+    monkeypatch.setattr(fetch, "_download", attempt)
+    monkeypatch.setattr(download, "obtain_task", download.obtain_task.with_options(retry_delay_seconds=0))
+    got = {o.source: o for o in download_m3e_hq_sources(sources=["cmrc2018", "ocnli"], cache_dir=str(tmp_path))}
+    assert sorted(calls) == ["cmrc2018", "cmrc2018", "ocnli"]
+    assert got["cmrc2018"].status == "downloaded"
+    assert (got["ocnli"].status, got["ocnli"].transient) == ("failed", False)
+    assert got["ocnli"].message == "DownloadError: GET v failed with HTTP 404 Not Found"
 
 
 # --- manual ---------------------------------------------------------------------------------------------------------

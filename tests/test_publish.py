@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from pydantic import ValidationError
+
 from m3e_hq.flows.stages import publish as publish_module
 from m3e_hq.flows.stages.publish import (
     COMMERCIAL,
@@ -29,8 +31,8 @@ from m3e_hq.flows.stages.publish import (
     flagembedding_lines,
     publish,
 )
+from m3e_hq.schemas import ManifestError
 from m3e_hq.sources.catalog import Catalog
-from pydantic import ValidationError
 
 SHARD_ROWS = 500
 STAGE = {M3E_HQ: "filter", WITH_SCORE: "mine"}
@@ -341,6 +343,21 @@ def test_a_build_whose_files_disagree_with_its_manifest_is_refused(build_dir, ca
     with pytest.raises(ValueError, match="different builds"):
         publish(copy, tmp_path / "out", PublishParams(plots=False), catalog)
     assert not (tmp_path / "out" / M3E_HQ).exists() and not list((tmp_path / "out").iterdir())
+
+
+def test_a_build_without_a_valid_finished_manifest_is_refused_in_one_line(build_dir, catalog, tmp_path):
+    with pytest.raises(FileNotFoundError, match="build first"):
+        publish(tmp_path, tmp_path / "out", PublishParams(plots=False), catalog)
+    (tmp_path / "manifest.json").write_text('{"stages": {}}', encoding="utf-8")
+    with pytest.raises(ManifestError, match=r"manifest.json is not a build manifest \(created: Field required") as info:
+        publish(tmp_path, tmp_path / "out", PublishParams(plots=False), catalog)
+    assert "\n" not in str(info.value)
+    manifest = json.loads((build_dir / "manifest.json").read_text(encoding="utf-8"))
+    del manifest["stages"]["mine"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(ValueError, match="has no mine stage: the build did not finish"):
+        publish(tmp_path, tmp_path / "out", PublishParams(plots=False), catalog)
+    assert not (tmp_path / "out").exists()
 
 
 def test_params_are_strict():

@@ -1,12 +1,18 @@
 """The m3e-hq and m3e-hq-with-score schemas, the row id, and the one validation function."""
 
+import json
+
 import pyarrow as pa
 import pytest
+
 from m3e_hq.schemas import (
     M3E_HQ_SCHEMA,
     M3E_HQ_WITH_SCORE_SCHEMA,
+    CacheState,
     Domain,
+    ObtainStatus,
     SchemaError,
+    SourceStatus,
     TaskType,
     row_id,
     validate_table,
@@ -85,3 +91,13 @@ def test_enumerations_keep_the_tables_chinese_labels():
     assert TaskType.NL2SQL.label_zh == "NL2SQL" and TaskType("mrc").label_zh == "机器阅读理解"
     with pytest.raises(ValueError, match="not a Domain label"):
         Domain.from_label("体育")
+
+
+def test_statuses_are_their_codes_and_say_which_obtained_sources_have_files():
+    assert [s for s in ObtainStatus if s.ok] == ["cached", "downloaded", "present", "partial"]
+    assert ObtainStatus("not downloaded") is ObtainStatus.NOT_DOWNLOADED and not ObtainStatus.FAILED.ok
+    assert [str(s) for s in SourceStatus] == ["ok", "missing", "skipped", "unavailable", "failed"]
+    assert list(CacheState) == ["cached", "failed"]
+    assert json.dumps({"status": SourceStatus.OK}) == '{"status": "ok"}' and f"{CacheState.FAILED}" == "failed"
+    with pytest.raises(ValueError, match="'done' is not a valid SourceStatus"):
+        SourceStatus("done")

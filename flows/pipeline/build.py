@@ -60,6 +60,7 @@ from m3e_hq.flows.stages.filters import FILTER, FilterParams
 from m3e_hq.flows.stages.ingest import INGEST
 from m3e_hq.flows.stages.mine import MINE, MineParams
 from m3e_hq.flows.stages.publish import PublishParams, PublishResult, publish
+from m3e_hq.schemas import SourceStatus
 from m3e_hq.sources.catalog import ManualObtain, Source, default_catalog
 from m3e_hq.sources.fetch import Obtained, manual_guidance
 from m3e_hq.sources.layout import locate
@@ -78,18 +79,21 @@ Stamp = tuple[str, int, int]  # a file's path, size in bytes and modification ti
 class SourceResult:
     """How one source fared, and its ingest counts when ok.
 
-    status: ok, missing (its folder lacks the files), skipped / unavailable (a manual source not there), or failed
-    (download or ingest error). `obtained` records how the files were had: cache, download (Hub commit, sha256) or
-    manual folder.
+    status (SourceStatus): ok, missing (its folder lacks the files), skipped / unavailable (a manual source not
+    there), or failed (download or ingest error). `obtained` records how the files were had: cache, download (Hub
+    commit, sha256) or manual folder.
     """
 
     source: str
-    status: str
+    status: SourceStatus
     message: str | None = None
     files: list[str] = field(default_factory=list)
     missing_files: list[str] = field(default_factory=list)
     obtained: dict[str, Any] | None = None
     counts: StageCounts | None = None
+
+    def __post_init__(self) -> None:
+        self.status = SourceStatus(self.status)
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if k != "counts"}

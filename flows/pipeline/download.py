@@ -5,29 +5,24 @@ from the samples / a local folder); one that cannot be had is reported with what
 unless `require_all` asks for every source (sources the catalog marks unavailable excepted).
 
 Inside a flow, a download that failed for a passing reason (the downloader's own quick retries ran out on HTTP 408,
-429 or 5xx answers or network errors) is retried by Prefect after 10, 30 and 90 seconds; a failure that retrying
-cannot fix (HTTP 404, a checksum mismatch, a missing manual source) is reported at once.
+429 or 5xx answers or network errors: it raised a TransientError, and `Obtained.transient` says so) is retried by
+Prefect after 10, 30 and 90 seconds; a failure that retrying cannot fix (HTTP 404, a checksum mismatch, a missing
+manual source) is reported at once.
 """
 
-import re
-
-from m3e_hq.flows.pipeline.params import BuildParams
-from m3e_hq.sources.catalog import default_catalog
-from m3e_hq.sources.fetch import Obtained, fetch_source
 from prefect import Task, flow, task, unmapped
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from m3e_hq.flows.pipeline.params import BuildParams
+from m3e_hq.schemas import ObtainStatus
+from m3e_hq.sources.catalog import default_catalog
+from m3e_hq.sources.fetch import Obtained, fetch_source
+
 DOWNLOAD_FLOW_NAME = "download-m3e-hq-sources"
 RETRY_DELAYS = [10, 30, 90]
-# What the downloaders say when their own retries of a passing failure ran out (sources/download_http.py,
-# sources/download_hub.py): fetch_source reports every failure as a message, so the message is all there is to go by.
-TRANSIENT = re.compile(r"failed after \d+ attempts"
-                       r"|[Ee]rror '(408|429|5\d\d) "
-                       r"|^HubError: \S+: (ConnectError|ConnectTimeout|ReadError|ReadTimeout|WriteError|WriteTimeout"
-                       r"|PoolTimeout|RemoteProtocolError): ")
 
 
 class MissingSourcesError(RuntimeError):
@@ -41,14 +36,14 @@ class TransientFetchError(RuntimeError):
 def obtain_one(source_name: str, params: BuildParams) -> Obtained:
     """The source's folder: in the samples or the local folder, or downloaded / cached / hand-placed."""
     if params.input_dir is not None:
-        return Obtained(source_name, "present", params.input_dir / source_name)
+        return Obtained(source_name, ObtainStatus.PRESENT, params.input_dir / source_name)
     return fetch_source(default_catalog().get(source_name), params.cache_root, params.manual_root)
 
 
 def checked(params: BuildParams, obtained: list[Obtained]) -> list[Obtained]:
     """`obtained`, after raising MissingSourcesError, when `require_all`, listing every source that is absent,
     incomplete or failed, with what to do."""
-    lacking = [o for o in obtained if o.status != "unavailable" and (not o.ok or o.missing)]
+    lacking = [o for o in obtained if o.status != ObtainStatus.UNAVAILABLE and (not o.ok or o.missing)]
     if params.require_all and lacking:
         lines = [f"  {o.source}: {o.status}: {o.message}" for o in lacking]
         raise MissingSourcesError(f"{len(lacking)} selected sources were not obtained (require_all):\n"
@@ -63,7 +58,7 @@ def obtain_sources(params: BuildParams) -> list[Obtained]:
 
 def transient(obtained: Obtained) -> bool:
     """Whether the source failed to download for a reason that may pass (server error, rate limit, network)."""
-    return obtained.status == "failed" and TRANSIENT.search(obtained.message or "") is not None
+    return obtained.status == ObtainStatus.FAILED and obtained.transient
 
 
 def obtain_retrying(source_name: str, params: BuildParams) -> Obtained:

@@ -11,7 +11,6 @@ in the output folder and swapped in only once both are complete: a failed publis
 """
 
 import hashlib
-import json
 import re
 import shutil
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -27,12 +26,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
-from m3e_hq.flows.core.manifest import MANIFEST_NAME
-from m3e_hq.schemas import M3E_HQ_SCHEMA, M3E_HQ_WITH_SCORE_SCHEMA
-from m3e_hq.sources.catalog import Catalog, HubObtain
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field
+
+from m3e_hq.schemas import M3E_HQ_SCHEMA, M3E_HQ_WITH_SCORE_SCHEMA, MANIFEST_NAME, Manifest, ObtainedSummary
+from m3e_hq.sources.catalog import Catalog, HubObtain
 
 M3E_HQ, WITH_SCORE = "m3e-hq", "m3e-hq-with-score"
 DEFAULT, COMMERCIAL, TRIPLETS, SCORED_PAIRS = "default", "commercial", "triplets", "scored-pairs"
@@ -237,22 +236,18 @@ def publish(build_dir: Path, out_dir: Path, params: PublishParams, catalog: Cata
     return PublishResult(plain, scored, sources, excluded, params.commercial_only, scale.text, teachers)
 
 
-def read_manifest(build_dir: Path) -> dict[str, Any]:
+def read_manifest(build_dir: Path) -> Manifest:
     """The build's manifest; it must hold the filter and mine stages."""
-    path = build_dir / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: build first (m3e-hq build)")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    missing = [stage for stage in STAGE_DIRS.values() if stage not in manifest.get("stages", {})]
+    manifest = Manifest.read(build_dir)
+    missing = [stage for stage in STAGE_DIRS.values() if stage not in manifest.stages]
     if missing:
-        raise ValueError(f"{path} has no {' or '.join(missing)} stage: the build did not finish")
+        raise ValueError(f"{build_dir / MANIFEST_NAME} has no {' or '.join(missing)} stage: the build did not finish")
     return manifest
 
 
-def plan_sources(manifest: dict[str, Any], catalog: Catalog,
-                 params: PublishParams) -> tuple[list[str], dict[str, str]]:
+def plan_sources(manifest: Manifest, catalog: Catalog, params: PublishParams) -> tuple[list[str], dict[str, str]]:
     """The sources the build filtered, in catalog order, and those left out (commercial_only) with why."""
-    built = set(manifest["stages"]["filter"]["sources"])
+    built = set(manifest.stages["filter"].sources)
     unknown = sorted(built - set(catalog.names))
     if unknown:
         raise ValueError(f"the build holds sources the catalog does not know: {unknown}")
@@ -270,18 +265,12 @@ def plan_sources(manifest: dict[str, Any], catalog: Catalog,
     return sources, excluded
 
 
-def stage_kept(manifest: dict[str, Any], stage: str, source: str) -> int | None:
-    """Rows of `source` kept by `stage`, per the manifest (None when the stage did not see it)."""
-    counts = manifest["stages"].get(stage, {}).get("sources", {}).get(source)
-    return None if counts is None else counts["kept"]
-
-
-def read_source(build_dir: Path, stage: str, source: str, manifest: dict[str, Any],
+def read_source(build_dir: Path, stage: str, source: str, manifest: Manifest,
                 params: PublishParams) -> Iterator[pa.Table]:
     """One source's rows of a stage, in batches; with commercial_only, only rows whose own `commercial` value
     allows it. The file must hold the rows the manifest counts, all of this source."""
     path = build_dir / stage / f"{source}.parquet"
-    expected = stage_kept(manifest, stage, source)
+    expected = manifest.stage_kept(stage, source)
     parquet = pq.ParquetFile(path, pre_buffer=False)
     if parquet.metadata.num_rows != expected:
         raise ValueError(f"{path} has {parquet.metadata.num_rows} rows but the manifest says {expected}: the files "
@@ -296,7 +285,7 @@ def read_source(build_dir: Path, stage: str, source: str, manifest: dict[str, An
             yield table
 
 
-def write_sources(folder: Path, build_dir: Path, dataset: str, manifest: dict[str, Any], params: PublishParams,
+def write_sources(folder: Path, build_dir: Path, dataset: str, manifest: Manifest, params: PublishParams,
                   sources: list[str],
                   on_batch: Callable[[str, pa.Table], None]) -> tuple[dict[str, int], dict[str, int]]:
     """Write each source's rows to `data/<source>/`, passing every batch to `on_batch`; returns rows per source and
@@ -337,7 +326,7 @@ def length_histograms(names: Iterable[str]) -> dict[str, Histogram]:
     return {name: Histogram(LENGTH_EDGES) for name in names}
 
 
-def write_m3e_hq(folder: Path, build_dir: Path, manifest: dict[str, Any], catalog: Catalog, params: PublishParams,
+def write_m3e_hq(folder: Path, build_dir: Path, manifest: Manifest, catalog: Catalog, params: PublishParams,
                  sources: list[str], excluded: dict[str, str]) -> PublishedDataset:
     """The m3e-hq folder: per-source shards, plots, card, checksums."""
     lengths = length_histograms(["query", "positive"])
@@ -453,11 +442,11 @@ def flagembedding_lines(table: pa.Table, prompt: str, kind: str) -> pl.DataFrame
                         type=pl.lit(kind))
 
 
-def write_with_score(folder: Path, build_dir: Path, manifest: dict[str, Any], catalog: Catalog,
+def write_with_score(folder: Path, build_dir: Path, manifest: Manifest, catalog: Catalog,
                      params: PublishParams, sources: list[str],
                      excluded: dict[str, str]) -> tuple[PublishedDataset, Scale, list[str]]:
     """The m3e-hq-with-score folder: per-source shards, trainer configs, exports, plots, card, checksums."""
-    sinks = ScoredSinks(folder, params, catalog, manifest["params"].get("mine", {}).get("query_prompt", ""))
+    sinks = ScoredSinks(folder, params, catalog, manifest.settings("mine").get("query_prompt", ""))
     rows, commercial = write_sources(folder, build_dir, WITH_SCORE, manifest, params, sources, sinks.add)
     shared, per_source = source_configs(rows, commercial, catalog, params)
     assert sinks.scale is not None  # set by the first batch, and source_configs saw rows
@@ -469,7 +458,7 @@ def write_with_score(folder: Path, build_dir: Path, manifest: dict[str, Any], ca
     return finish(folder, facts, manifest, catalog, params), sinks.scale, facts.teachers
 
 
-def finish(folder: Path, facts: Facts, manifest: dict[str, Any], catalog: Catalog,
+def finish(folder: Path, facts: Facts, manifest: Manifest, catalog: Catalog,
            params: PublishParams) -> PublishedDataset:
     """Write the card, then the checksums of every file."""
     (folder / "README.md").write_text(card(facts, manifest, catalog, params), encoding="utf-8")
@@ -529,14 +518,14 @@ def save(fig: Figure, folder: Path, name: str) -> str:
     return path.relative_to(folder).as_posix()
 
 
-def plot_rows_by_stage(folder: Path, manifest: dict[str, Any], dataset: str, sources: list[str]) -> str:
+def plot_rows_by_stage(folder: Path, manifest: Manifest, dataset: str, sources: list[str]) -> str:
     stages = STAGES[dataset]
     fig = Figure(figsize=(9, 1.5 + 0.3 * len(sources) * len(stages) / 2), layout="constrained")
     ax = fig.add_subplot()
     height = 0.8 / len(stages)
     y = np.arange(len(sources))
     for i, stage in enumerate(stages):
-        ax.barh(y + i * height, [stage_kept(manifest, stage, s) or 0 for s in sources], height, label=stage)
+        ax.barh(y + i * height, [manifest.stage_kept(stage, s) or 0 for s in sources], height, label=stage)
     ax.set_yticks(y + height * (len(stages) - 1) / 2, sources)
     ax.invert_yaxis()
     ax.set_xscale("log")
@@ -570,7 +559,7 @@ def plot_scores(folder: Path, histograms: dict[str, Histogram], scale: Scale) ->
 
 # The dataset card.
 
-def card(facts: Facts, manifest: dict[str, Any], catalog: Catalog, params: PublishParams) -> str:
+def card(facts: Facts, manifest: Manifest, catalog: Catalog, params: PublishParams) -> str:
     """README.md: YAML front matter (configs, licence, language, tasks, size) and the body."""
     sections = [front_matter(facts, params), intro(facts, manifest, params), configs_section(facts),
                 sources_section(facts, manifest, catalog), licences_section(facts, catalog),
@@ -611,7 +600,7 @@ def config_entry(config: Config) -> dict[str, Any]:
             "data_files": [{"split": "train", "path": paths}]}
 
 
-def intro(facts: Facts, manifest: dict[str, Any], params: PublishParams) -> str:
+def intro(facts: Facts, manifest: Manifest, params: PublishParams) -> str:
     allowed = " or ".join(f"`{a}`" for a in params.allowed)
     rule = ("are not marked as barring commercial use (sources whose commercial use or licence is unstated "
             "included on request)" if params.include_unknown_license else
@@ -626,8 +615,8 @@ def intro(facts: Facts, manifest: dict[str, Any], params: PublishParams) -> str:
                  "ingested and normalised, deduplicated across sources (exact and MinHash near-duplicates; the "
                  "splits C-MTEB evaluates on left out) and quality-filtered. Every row carries its source's domain, "
                  "task type, prompt, homogeneity (s2s / s2p), licence and commercial-use flag.")
-    built = (f"Built by the m3e-hq builder on {manifest.get('created', 'an unknown date')} from the source catalog "
-             f"with sha256 `{manifest.get('catalog_sha256', 'unknown')}`.")
+    built = (f"Built by the m3e-hq builder on {manifest.created} from the source catalog "
+             f"with sha256 `{manifest.catalog_sha256}`.")
     lines = [f"# {pretty_name(facts.dataset, params)}", "", about, "", built, ""]
     if params.commercial_only:
         left_out = ", ".join(f"{s} ({why})" for s, why in facts.excluded.items()) or "none"
@@ -661,14 +650,14 @@ def count(value: int | None) -> str:
     return "—" if value is None else f"{value:,}"
 
 
-def sources_section(facts: Facts, manifest: dict[str, Any], catalog: Catalog) -> str:
+def sources_section(facts: Facts, manifest: Manifest, catalog: Catalog) -> str:
     stages = STAGES[facts.dataset]
     rows = []
     for name, published in facts.source_rows.items():
         s = catalog.get(name)
         rows.append([name, f"{s.domain.value} ({s.domain.label_zh})", ", ".join(t.value for t in s.task_types),
                      s.prompt.value, "s2s" if s.homogeneous else "s2p", s.license, s.commercial.value,
-                     *(count(stage_kept(manifest, stage, name)) for stage in stages), f"{published:,}"])
+                     *(count(manifest.stage_kept(stage, name)) for stage in stages), f"{published:,}"])
     header = ["source", "domain", "task", "prompt", "s2s/s2p", "licence", "commercial", *stages, "published"]
     empty = [s for s, n in facts.source_rows.items() if not n]
     note = f"\n\nNo rows, so no config: {', '.join(empty)}." if empty else ""
@@ -708,23 +697,22 @@ def settings_table(settings: dict[str, Any], leave_out: Collection[str] = ()) ->
     return table(["setting", "value"], ((f"`{k}`", render(v)) for k, v in flatten(settings) if k not in leave_out))
 
 
-def filters_section(manifest: dict[str, Any], dataset: str) -> str:
-    params = manifest.get("params", {})
-    dedup = dict(params.get("dedup", {}))
+def filters_section(manifest: Manifest, dataset: str) -> str:
+    dedup = dict(manifest.settings("dedup"))
     if dedup.get("decontaminate"):
         dedup["decontaminate"] = Path(dedup["decontaminate"]).name
-    totals = [(stage, f"{t['totals']['read']:,}", f"{t['totals']['kept']:,}",
-               ", ".join(f"{r} {n:,}" for r, n in t["totals"]["dropped"].items()) or "—")
-              for stage, t in manifest["stages"].items() if stage in STAGES[dataset]]
+    totals = [(stage, f"{s.totals.read:,}", f"{s.totals.kept:,}",
+               ", ".join(f"{r} {n:,}" for r, n in s.totals.dropped.items()) or "—")
+              for stage, s in manifest.stages.items() if stage in STAGES[dataset]]
     return "\n\n".join(["## Filters and thresholds", "Rows of the whole build by stage:",
                          table(["stage", "read", "kept", "dropped by reason"], totals),
                          "### Dedup", settings_table(dedup, {"workers"}),
-                         "### Quality filters", settings_table(params.get("filters", {}))])
+                         "### Quality filters", settings_table(manifest.settings("filters"))])
 
 
-def mining_section(facts: Facts, manifest: dict[str, Any]) -> str:
-    mine = manifest.get("params", {}).get("mine", {})
-    stats = manifest["stages"]["mine"].get("stats", {})
+def mining_section(facts: Facts, manifest: Manifest) -> str:
+    mine = manifest.settings("mine")
+    stats = manifest.stages["mine"].stats or {}
     scores = stats.get("scores", {})
     columns = ["count", "mean", "p5", "p25", "p50", "p75", "p95"]
     models = (f"Encoder `{mine.get('encoder')}`, teacher `{mine.get('teacher')}`, search backend "
@@ -738,15 +726,21 @@ def mining_section(facts: Facts, manifest: dict[str, Any]) -> str:
     return "\n\n".join(["## Models and mining", models, settings_table(mine, MINE_HIDDEN), found, distributions])
 
 
-def revisions_section(facts: Facts, manifest: dict[str, Any], catalog: Catalog) -> str:
+def revisions_section(facts: Facts, manifest: Manifest, catalog: Catalog) -> str:
     rows = []
     for name in facts.source_rows:
         obtain = catalog.get(name).obtain
-        obtained = (manifest.get("sources", {}).get(name) or {}).get("obtained") or {}
+        summary = manifest.sources.get(name)
+        obtained = summary.obtained if summary else None
         where = obtain.repo if isinstance(obtain, HubObtain) else obtain.kind
-        version = obtained.get("revision") or ", ".join((obtained.get("sha256") or {}).values()) or "—"
-        rows.append([name, where, obtained.get("status", "—"), f"`{version}`" if version != "—" else version])
+        rows.append([name, where, obtained.status if obtained else "—", revision(obtained)])
     return "## Source revisions\n\n" + table(["source", "from", "obtained", "revision / sha256"], rows)
+
+
+def revision(obtained: ObtainedSummary | None) -> str:
+    """The Hub commit, else the sha256 of each downloaded file, as a table cell ("—" when there is none)."""
+    version = obtained and (obtained.revision or ", ".join(obtained.sha256.values()))
+    return f"`{version}`" if version else "—"
 
 
 def plots_section(facts: Facts) -> str:

@@ -12,7 +12,7 @@ from typing import Annotated, Literal, NoReturn
 
 import typer
 from m3e_hq.flows.core.minhash import MinHashParams
-from m3e_hq.flows.stages.clean import DEFAULT_MAX_CHARS
+from m3e_hq.flows.core.clean import DEFAULT_MAX_CHARS
 from m3e_hq.sources import cache
 from m3e_hq.sources.catalog import CatalogError, HttpObtain, HubObtain, ManualObtain, Source, default_catalog
 from m3e_hq.sources.fetch import Obtained, source_status

@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Literal
 
-from m3e_hq.flows.stages.clean import DEFAULT_MAX_CHARS
+from m3e_hq.flows.core.clean import DEFAULT_MAX_CHARS
 from m3e_hq.flows.stages.dedup import DedupParams
 from m3e_hq.flows.stages.filters import FilterParams
 from m3e_hq.flows.stages.mine import MineParams

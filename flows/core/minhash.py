@@ -21,6 +21,7 @@ rensa) must not be mixed.
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numba
 import numpy as np
@@ -29,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasketch import MinHash
 from m3e_hq.flows.core.accounting import parquet_batches
+from pydantic import Field
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -46,7 +48,8 @@ class MinHashParams:
     num_perm: int = 128
     bands: int = 16
     rows: int = 8
-    threshold: float = 0.8
+    threshold: Annotated[float, Field(description="Jaccard of character shingles from which two keys are "
+                                      "near-duplicates", json_schema_extra={"cli": "--near-threshold"})] = 0.8
     seed: int = 20230601
     bucket_all_pairs_max: int = 32  # texts sharing a band key: all pairs up to this many, else the first with each
 

@@ -50,7 +50,8 @@ class NegativeParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    num_negatives: int = Field(7, ge=1, description="negatives per query (7: a group of 1 positive + 7 negatives)")
+    num_negatives: int = Field(7, ge=1, description="negatives per query (7: a group of 1 positive + 7 negatives)",
+                               json_schema_extra={"cli": "--num-negatives"})
     range_min: int = Field(10, ge=0, description="skip the candidates ranked above this (often false negatives); "
                            "ranks count after removing -1 results, the positive, near-duplicates and repeats")
     range_max: int = Field(50, ge=1, description="consider candidates ranked below this only (same ranks)")
@@ -63,7 +64,8 @@ class NegativeParams(BaseModel):
                                   "with the query or the positive from which a candidate is a near-duplicate")
     sampling: Literal["top", "random"] = Field("top", description="take the best eligible candidates, or a seeded "
                                                "random sample of them")
-    seed: int = Field(42, ge=0, description="seed of random sampling, combined with each query's id")
+    seed: int = Field(42, ge=0, description="seed of random sampling, combined with each query's id",
+                      json_schema_extra={"cli": "--seed"})
 
     @model_validator(mode="after")
     def _window_fits(self) -> "NegativeParams":

@@ -1,7 +1,18 @@
-"""The build's parameters, one typed model shared by the CLI and the Prefect flow."""
+"""The build's parameters: one typed model that the CLI's `build` options, a `--config` file, the flow and the
+deployment's `-p params=...` all fill.
 
+A field marked with `json_schema_extra={"cli": "--name"}` (in BuildParams or a stage model it holds) is an option of
+`m3e-hq build`, its help the field's description, its default the field's; `cli_fields` finds them.
+"""
+
+import dataclasses
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from m3e_hq.flows.core.clean import DEFAULT_MAX_CHARS
 from m3e_hq.flows.stages.dedup import DedupParams
@@ -11,9 +22,9 @@ from m3e_hq.flows.stages.publish import PublishParams
 from m3e_hq.sources import cache
 from m3e_hq.sources.catalog import default_catalog
 from m3e_hq.sources.layout import SAMPLES_DIR
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 BUILD_ROOT = Path("data") / "build"  # in the working directory
+CLI = "cli"  # the json_schema_extra key of a field that is a `m3e-hq build` option: its name, or a list of names
 
 
 class BuildParams(BaseModel):
@@ -21,24 +32,33 @@ class BuildParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    samples: bool = Field(False, description="read the shipped samples in data/samples/ instead of downloading")
-    raw_dir: Path | None = Field(None, description="read native files laid out as <raw_dir>/<source>/<files>")
-    sources: list[str] = Field(default_factory=list, description="source names; empty means all 29")
-    out_dir: Path | None = Field(None, description="build folder; default data/build/<full|samples|local>")
-    max_chars: int = Field(DEFAULT_MAX_CHARS, ge=1, description="longest text kept per side, in characters")
-    cache_dir: Path | None = Field(None, description="download cache; default $M3E_HQ_CACHE or ~/.cache/m3e-hq")
+    samples: bool = Field(False, description="read the shipped samples in data/samples/ instead of downloading",
+                          json_schema_extra={CLI: "--samples"})
+    raw_dir: Path | None = Field(None, description="read native files laid out as <raw_dir>/<source>/<files>",
+                                 json_schema_extra={CLI: "--raw-dir"})
+    sources: list[str] = Field(default_factory=list, description="source names; empty means all 29",
+                               json_schema_extra={CLI: ["--sources", "-s"]})
+    out_dir: Path | None = Field(None, description="build folder; default data/build/<full|samples|local>",
+                                 json_schema_extra={CLI: "--out"})
+    max_chars: int = Field(DEFAULT_MAX_CHARS, ge=1, description="longest text kept per side, in characters",
+                           json_schema_extra={CLI: "--max-chars"})
+    cache_dir: Path | None = Field(None, description="download cache; default $M3E_HQ_CACHE or ~/.cache/m3e-hq",
+                                   json_schema_extra={CLI: "--cache-dir"})
     manual_dir: Path | None = Field(None, description="hand-downloaded sources; default $M3E_HQ_MANUAL or "
-                                    "data/manual")
-    require_all: bool = Field(False, description="fail when a selected source cannot be obtained")
+                                    "data/manual", json_schema_extra={CLI: "--manual-dir"})
+    require_all: bool = Field(False, description="fail when a selected source cannot be obtained (sources the "
+                              "catalog marks unavailable excepted)", json_schema_extra={CLI: "--require-all"})
     dedup: DedupParams = Field(default_factory=DedupParams, description="the dedup stage: keys, MinHash, "
                                "evaluation data kept out")
-    filters: FilterParams = Field(default_factory=FilterParams, description="the filter stage's thresholds")
+    filters: FilterParams = Field(default_factory=FilterParams, description="the filter stage's thresholds",
+                                  json_schema_extra={CLI: "--filters"})
     mine: MineParams = Field(default_factory=MineParams, description="the mine stage: models, search, negatives, "
-                             "teacher scores")
+                             "teacher scores", json_schema_extra={CLI: "--mine"})
     publish: PublishParams = Field(default_factory=PublishParams, description="the published datasets: shards, "
                                    "plots, commercial-only")
     push_to_hub: str | None = Field(None, pattern=r"^[^/\s]+/[^/\s]+$", description="ORG/NAME: upload m3e-hq to "
-                                    "ORG/NAME and m3e-hq-with-score to ORG/NAME-with-score (token from HF_TOKEN)")
+                                    "ORG/NAME and m3e-hq-with-score to ORG/NAME-with-score (token from HF_TOKEN)",
+                                    json_schema_extra={CLI: "--push-to-hub"})
 
     @field_validator("sources")
     @classmethod
@@ -89,3 +109,43 @@ class BuildParams(BaseModel):
     @property
     def manual_root(self) -> Path:
         return cache.manual_dir(self.manual_dir)
+
+
+@dataclass(frozen=True)
+class CliField:
+    """A field of BuildParams, or of a stage model in it, that is a `m3e-hq build` option."""
+
+    path: tuple[str, ...]  # where the field is, e.g. ("dedup", "minhash", "threshold")
+    names: tuple[str, ...]  # the option's names, e.g. ("--sources", "-s") or ("--near/--no-near",)
+    info: FieldInfo
+
+    @property
+    def model(self) -> type | None:
+        """The field's model when it is one: its option then names a YAML or JSON file of that model's fields."""
+        return self.info.annotation if holds_fields(self.info.annotation) else None
+
+
+def holds_fields(annotation: object) -> bool:
+    """Whether a field's type is a model whose fields are walked: a pydantic model or a dataclass."""
+    return isinstance(annotation, type) and (issubclass(annotation, BaseModel) or dataclasses.is_dataclass(annotation))
+
+
+def fields_of(model: type) -> dict[str, FieldInfo]:
+    """The fields of a pydantic model, or of a dataclass whose fields declare `Annotated[type, Field(...)]`."""
+    if issubclass(model, BaseModel):
+        return model.model_fields
+    hints = typing.get_type_hints(model, include_extras=True)
+    return {f.name: FieldInfo.from_annotated_attribute(hints[f.name], f.default) for f in dataclasses.fields(model)}
+
+
+def cli_fields(model: type = BuildParams, prefix: tuple[str, ...] = ()) -> list[CliField]:
+    """The fields marked as `m3e-hq build` options in `model` and the models it holds, in declaration order."""
+    found = []
+    for name, info in fields_of(model).items():
+        path = (*prefix, name)
+        names = info.json_schema_extra.get(CLI) if isinstance(info.json_schema_extra, dict) else None
+        if names:
+            found.append(CliField(path, (names,) if isinstance(names, str) else tuple(names), info))
+        if holds_fields(info.annotation):
+            found += cli_fields(info.annotation, path)
+    return found

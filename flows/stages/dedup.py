@@ -69,14 +69,16 @@ class DedupParams(BaseModel):
 
     on: Literal["pair", "query", "query-s2p"] = Field(
         "pair", description="dedup key: the pair (query + positive); the query alone, so that a query keeps one "
-        "positive; or the query alone for s2p sources only (the pair for s2s)")
-    near: bool = Field(True, description="drop MinHash near-duplicates (after exact duplicates)")
+        "positive; or the query alone for s2p sources only (the pair for s2s)", json_schema_extra={"cli": "--dedup-on"})
+    near: bool = Field(True, description="drop MinHash near-duplicates (after exact duplicates)",
+                       json_schema_extra={"cli": "--near/--no-near"})
     minhash: MinHashParams = Field(default_factory=MinHashParams, description="shingles, permutations, LSH bands "
                                    "and the confirming Jaccard threshold (default 0.8)")
     exclude_eval_splits: bool = Field(True, description="drop the native splits C-MTEB evaluates on (the "
-                                      "catalog's eval_splits)")
+                                      "catalog's eval_splits)", json_schema_extra={"cli": "--keep-eval-splits"})
     decontaminate: Path | None = Field(None, description="evaluation texts (JSONL, Parquet or TXT): drop rows whose "
-                                       "query or positive is an exact or near duplicate of one")
+                                       "query or positive is an exact or near duplicate of one",
+                                       json_schema_extra={"cli": "--decontaminate"})
     workers: int = Field(2, ge=1, description="threads for the MinHash kernels")
 
     @field_validator("decontaminate")

@@ -66,9 +66,10 @@ class PublishParams(BaseModel):
     shard_rows: int = Field(100_000, ge=1, description="most rows in one Parquet shard")
     commercial_only: bool = Field(False, description="publish only rows of sources that allow commercial use (the "
                                   "M3E table says yes and the source states a licence); every config then holds "
-                                  "only those rows")
+                                  "only those rows", json_schema_extra={"cli": "--commercial-only"})
     include_unknown_license: bool = Field(False, description="also count sources whose commercial use or licence "
-                                          "is unstated as commercial, in the commercial config and commercial_only")
+                                          "is unstated as commercial, in the commercial config and commercial_only",
+                                          json_schema_extra={"cli": "--include-unknown-license"})
     plots: bool = Field(True, description="draw PNG plots (rows by stage, text lengths, scores) for the cards")
 
     @property

@@ -2,24 +2,26 @@
 `build` runs the build-m3e-hq flow locally."""
 
 import errno
+import functools
+import inspect
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Literal, NoReturn
+from typing import Annotated, Any, Literal, NamedTuple, NoReturn, get_args, get_origin
 
 import typer
-from m3e_hq.flows.core.minhash import MinHashParams
-from m3e_hq.flows.core.clean import DEFAULT_MAX_CHARS
-from m3e_hq.sources import cache
-from m3e_hq.sources.catalog import CatalogError, HttpObtain, HubObtain, ManualObtain, Source, default_catalog
-from m3e_hq.sources.fetch import Obtained, source_status
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from m3e_hq.flows.pipeline.params import BuildParams, CliField, cli_fields
+from m3e_hq.sources import cache
+from m3e_hq.sources.catalog import CatalogError, HttpObtain, HubObtain, ManualObtain, Source, default_catalog
+from m3e_hq.sources.fetch import Obtained, source_status
 
 # Offline-safe Prefect defaults for local runs (set before prefect is imported; the user's settings win).
 # The temporary server a local run starts logs harmless CancelledError tracebacks while it shuts down after the
@@ -69,20 +71,60 @@ def markdown_table(sources: list[Source]) -> str:
     return "\n".join(lines)
 
 
-CacheOption = Annotated[Path | None, typer.Option(help=f"download cache (default ${cache.CACHE_ENV} or "
-                                                     "~/.cache/m3e-hq)")]
-ManualOption = Annotated[Path | None, typer.Option(help=f"folder of hand-downloaded sources, <dir>/<source>/ "
-                                                      f"(default ${cache.MANUAL_ENV} or data/manual)")]
-SourcesOption = Annotated[list[str] | None, typer.Option("--sources", "-s", help="a source to use (repeatable, or "
-                                                         "comma-separated); default all")]
-CommercialOption = Annotated[bool, typer.Option("--commercial-only", help="publish only rows of sources that allow "
-                                                "commercial use (the M3E table says yes and a licence is stated)")]
-UnknownLicenseOption = Annotated[bool, typer.Option("--include-unknown-license", help="with --commercial-only, also "
-                                                    "include sources whose commercial use or licence is unstated")]
-PushOption = Annotated[str | None, typer.Option("--push-to-hub", help="ORG/NAME: upload m3e-hq there and "
-                                                "m3e-hq-with-score to ORG/NAME-with-score (token from HF_TOKEN)")]
-RequireAllOption = Annotated[bool, typer.Option("--require-all", help="fail when a selected source cannot be "
-                                                "obtained (sources the catalog marks unavailable excepted)")]
+# `m3e-hq build`'s options, by parameter name: the fields of BuildParams and its stage models marked with
+# json_schema_extra={"cli": ...} (the names, help and defaults are the fields').
+BUILD_OPTIONS = {"__".join(f.path): f for f in cli_fields()}
+# Flags that set their field to the opposite, with their help (the field's description says what the field does).
+INVERTED = {"--keep-eval-splits": "keep the native splits C-MTEB evaluates on (dropped by default)"}
+
+
+def option_help(field: CliField) -> str:
+    if field.model is not None:
+        return (f"{field.info.description}: a YAML or JSON file of {field.model.__name__} fields (the options given "
+                "win)")
+    if field.names[0] in INVERTED:
+        return INVERTED[field.names[0]]
+    return field.info.description + (" (repeatable, or comma-separated)" if field.info.annotation == list[str] else "")
+
+
+def option_annotation(field: CliField) -> Any:
+    """The option's type and typer.Option: the field's type, a file for a field holding a stage model, or a string
+    for a choice (checked by BuildParams, so that a wrong one is reported as the others are)."""
+    help_text = escape(option_help(field))
+    if field.model is not None:
+        return Annotated[Path | None, typer.Option(*field.names, metavar="FILE", help=help_text)]
+    if get_origin(field.info.annotation) is Literal:
+        choices = "|".join(get_args(field.info.annotation))
+        return Annotated[str, typer.Option(*field.names, metavar=choices, help=help_text)]
+    return Annotated[field.info.annotation, typer.Option(*field.names, help=help_text)]
+
+
+def option_default(field: CliField) -> Any:
+    if field.model is not None:
+        return None
+    default = field.info.get_default(call_default_factory=True)
+    return not default if field.names[0] in INVERTED else default
+
+
+def option_value(field: CliField, value: Any) -> Any:
+    """The field's value for the option's: the opposite for an inverted flag, names split at commas for a list."""
+    if field.names[0] in INVERTED:
+        return not value
+    return split_names(value) if isinstance(value, list) else value
+
+
+def build_option(name: str) -> Any:
+    """The option `name` of `m3e-hq build`, for the other commands that take it."""
+    return option_annotation(next(f for f in BUILD_OPTIONS.values() if f.names[0] == name))
+
+
+CacheOption = build_option("--cache-dir")
+ManualOption = build_option("--manual-dir")
+SourcesOption = build_option("--sources")
+CommercialOption = build_option("--commercial-only")
+UnknownLicenseOption = build_option("--include-unknown-license")
+PushOption = build_option("--push-to-hub")
+RequireAllOption = build_option("--require-all")
 
 
 def status_text(o: Obtained) -> str:
@@ -163,12 +205,74 @@ def read_mapping(path: Path) -> dict:
     return data
 
 
-def fail_on_invalid(exc: ValidationError) -> NoReturn:
+class Layer(NamedTuple):
+    """Build parameters from one place, nested as BuildParams: a file (--config, --filters, --mine) or an option."""
+
+    origin: str  # the file's path or the option's name
+    values: dict[str, Any]
+    is_file: bool
+
+
+def holds(values: Any, loc: tuple) -> bool:
+    """Whether `values` sets the value at `loc` (a field path), or a value that contains it."""
+    for part in loc:
+        if not isinstance(values, dict):
+            return True
+        if part not in values:
+            return False
+        values = values[part]
+    return True
+
+
+def fail_on_invalid(exc: ValidationError, layers: Sequence[Layer] = ()) -> NoReturn:
+    """Print each error on one line, naming the file and field, or the option, its value came from; exit 2."""
     for err in exc.errors():
         where = ".".join(str(part) for part in err["loc"] if part)
         message = err["msg"].removeprefix("Value error, ")
-        console.print(f"[red]error:[/red] {f'{where}: ' if where and err['type'] != 'value_error' else ''}{message}")
+        origin = next((layer for layer in reversed(layers) if err["loc"] and holds(layer.values, err["loc"])), None)
+        if origin is not None:
+            prefix = f"{origin.origin}: {where}: " if origin.is_file else f"{origin.origin}: "
+        else:
+            prefix = f"{where}: " if where and err["type"] != "value_error" else ""
+        console.print(f"[red]error:[/red] {escape(prefix + message)}", soft_wrap=True)
     raise typer.Exit(2) from None
+
+
+def nest(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    """`value` at `path`: nest(("dedup", "near"), False) == {"dedup": {"near": False}}."""
+    for part in reversed(path[1:]):
+        value = {part: value}
+    return {path[0]: value}
+
+
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`base` with the values of `over`, mappings merged key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def build_layers(config: Path | None, given: dict[str, Any]) -> list[Layer]:
+    """The build's parameters, lowest precedence first: the --config file, the --filters and --mine files, then the
+    other options given (`given`: option values by parameter name)."""
+    layers = [Layer(str(config), read_mapping(config), True)] if config else []
+    fields = {name: BUILD_OPTIONS[name] for name in given}
+    layers += [Layer(str(given[name]), nest(field.path, read_mapping(given[name])), True)
+               for name, field in fields.items() if field.model is not None]
+    layers += [Layer(field.names[0], nest(field.path, option_value(field, given[name])), False)
+               for name, field in fields.items() if field.model is None]
+    return layers
+
+
+def with_build_options(command: Callable[..., None]) -> Callable[..., None]:
+    """`command`, which takes BUILD_OPTIONS as **options, with a signature that declares them to typer."""
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(command).parameters.values()
+           if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    derived = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=option_annotation(field),
+                                 default=option_default(field)) for name, field in BUILD_OPTIONS.items()]
+    command.__signature__ = inspect.Signature([*own, *derived])
+    return command
 
 
 @app.command()
@@ -179,10 +283,8 @@ def download(
     require_all: RequireAllOption = False,
 ) -> None:
     """Download the selected sources into the cache (Hub and HTTP) and check the manual folder; no build."""
-    from m3e_hq.flows.pipeline.download import MissingSourcesError, download_m3e_hq_sources
-    from m3e_hq.flows.pipeline.params import BuildParams
-
     from m3e_hq import progress
+    from m3e_hq.flows.pipeline.download import MissingSourcesError, download_m3e_hq_sources
 
     try:
         params = BuildParams(sources=split_names(source), cache_dir=cache_dir, manual_dir=manual_dir)
@@ -208,89 +310,43 @@ def download(
 
 
 @app.command()
+@with_build_options
 def build(
-    samples: Annotated[bool, typer.Option("--samples", help="build from the shipped samples in data/samples/")] = False,
-    raw_dir: Annotated[Path | None, typer.Option(help="build from native files at RAW_DIR/<source>/")] = None,
-    source: SourcesOption = None,
-    out: Annotated[Path | None, typer.Option(help="build folder (default data/build/full, samples or local)")] = None,
-    max_chars: Annotated[int, typer.Option(help="longest text kept per side, in characters")] = DEFAULT_MAX_CHARS,
-    cache_dir: CacheOption = None,
-    manual_dir: ManualOption = None,
-    require_all: RequireAllOption = False,
-    dedup_on: Annotated[str, typer.Option(help="dedup key: pair (query + positive), query (one positive per query), "
-                                          "or query-s2p (the query for s2p sources, the pair for s2s)")] = "pair",
-    near_threshold: Annotated[float, typer.Option(help="Jaccard of character shingles from which two keys are "
-                                                  "near-duplicates")] = MinHashParams().threshold,
-    near: Annotated[bool, typer.Option(help="drop near-duplicates (--no-near: exact duplicates only)")] = True,
-    keep_eval_splits: Annotated[bool, typer.Option("--keep-eval-splits", help="keep the native splits C-MTEB "
-                                                   "evaluates on (dropped by default)")] = False,
-    decontaminate: Annotated[Path | None, typer.Option(help="evaluation texts (.jsonl, .parquet or .txt): drop rows "
-                                                       "whose query or positive is an exact or near duplicate of "
-                                                       "one")] = None,
-    filters: Annotated[Path | None, typer.Option(help="YAML or JSON file of quality-filter thresholds to change "
-                                                 "(FilterParams fields)")] = None,
-    encoder: Annotated[str | None, typer.Option(help="sentence-transformers model for mining (e.g. moka-ai/m3e-base; "
-                                                "default: the packaged all-MiniLM-L6-v2 demo)")] = None,
-    teacher: Annotated[str | None, typer.Option(help="'bi-encoder' (default) or a cross-encoder model (e.g. "
-                                                "BAAI/bge-reranker-base)")] = None,
-    device: Annotated[str | None, typer.Option(help="torch device for the models (default cuda when available)")]
-    = None,
-    search: Annotated[str | None, typer.Option(help="search backend: auto, faiss-gpu, torch-cuda or faiss-cpu")]
-    = None,
-    num_negatives: Annotated[int | None, typer.Option(help="hard negatives per pair (default 7)")] = None,
-    seed: Annotated[int | None, typer.Option(help="seed of random negative sampling")] = None,
-    min_pair_score: Annotated[float | None, typer.Option(help="drop pairs the teacher scores below this")] = None,
-    encode_shards: Annotated[int | None, typer.Option(min=1, help="encode the texts in this many tasks before "
-                                                      "mining (one GPU each under --task-runner ray; default 1)")]
-    = None,
-    mine: Annotated[Path | None, typer.Option("--mine", help="YAML or JSON file of mine-stage settings (MineParams "
-                                              "fields; the options above win)")] = None,
-    commercial_only: CommercialOption = False,
-    include_unknown_license: UnknownLicenseOption = False,
-    push_to_hub: PushOption = None,
-    runner: Annotated[Literal["thread", "ray"], typer.Option("--task-runner", help="where the tasks run: 4 threads "
-                                                             'here, or Ray (pip install "m3e-hq[ray]")')] = "thread",
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option("--config", metavar="FILE", help="YAML or JSON file of build "
+                                                "parameters, nested as BuildParams (as the deployment's params); the "
+                                                "options given win")] = None,
+    runner: Annotated[Literal["thread", "ray"], typer.Option("--task-runner", help=escape(
+                                                             'where the tasks run: 4 threads here, or Ray (pip '
+                                                             'install "m3e-hq[ray]")'))] = "thread",
     ray_address: Annotated[str | None, typer.Option(help="the Ray cluster for --task-runner ray, e.g. "
                                                     "ray://head:10001 (default: a local Ray instance)")] = None,
+    **options: Any,
 ) -> None:
     """Run the build-m3e-hq flow: obtain (download) and ingest every selected source, dedup them, filter the pairs,
-    mine hard negatives and teacher scores, print per-source and per-stage counts, write the manifest. Without --samples or --raw-dir the sources are
-    downloaded into the cache first."""
-    from m3e_hq.flows.core.negatives import NegativeParams
+    mine hard negatives and teacher scores, print per-source and per-stage counts, write the manifest. Without
+    --samples or --raw-dir the sources are downloaded into the cache first. The parameters are BuildParams': its
+    defaults, then the --config file, then the options given."""
     from m3e_hq.flows.pipeline.download import MissingSourcesError
-    from m3e_hq.flows.pipeline.params import BuildParams
-    from m3e_hq.flows.stages.dedup import DedupParams
-    from m3e_hq.flows.stages.filters import FilterParams
-    from m3e_hq.flows.stages.mine import MineParams
-    from m3e_hq.flows.stages.publish import PublishParams
 
+    # The options given on the command line (typer vendors click, whose ParameterSource it does not export).
+    given = {name: value for name, value in options.items() if ctx.get_parameter_source(name).name == "COMMANDLINE"}
     try:
-        dedup = DedupParams(on=dedup_on, near=near, minhash=MinHashParams(threshold=near_threshold),
-                            exclude_eval_splits=not keep_eval_splits, decontaminate=decontaminate)
-        mine_settings = read_mapping(mine) if mine else {}
-        negative_settings = mine_settings.pop("negatives", {})
-        negative_settings |= {k: v for k, v in {"num_negatives": num_negatives, "seed": seed}.items() if v is not None}
-        mine_settings |= {k: v for k, v in {"encoder": encoder, "teacher": teacher, "device": device, "search": search,
-                                            "min_pair_score": min_pair_score,
-                                            "encode_shards": encode_shards}.items() if v is not None}
-        params = BuildParams(samples=samples, raw_dir=raw_dir, sources=split_names(source), out_dir=out,
-                             max_chars=max_chars, cache_dir=cache_dir, manual_dir=manual_dir,
-                             require_all=require_all, dedup=dedup,
-                             filters=FilterParams(**read_mapping(filters)) if filters else FilterParams(),
-                             mine=MineParams(**mine_settings, negatives=NegativeParams(**negative_settings)),
-                             publish=PublishParams(commercial_only=commercial_only,
-                                                   include_unknown_license=include_unknown_license),
-                             push_to_hub=push_to_hub)
-    except ValidationError as exc:
-        fail_on_invalid(exc)
+        layers = build_layers(config, given)
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
-
-    from m3e_hq.flows.core.accounting import check_writable
-    from m3e_hq.flows.pipeline.build import TaskRunnerError, build_m3e_hq, task_runner
+    try:
+        params = BuildParams.model_validate(functools.reduce(merged, (layer.values for layer in layers), {}))
+    except ValidationError as exc:
+        fail_on_invalid(exc, layers)
+    # The folders resolved here, so that the flow's tasks (on Ray workers too) and the manifest have the same ones.
+    params = params.model_copy(update={"out_dir": params.build_dir, "cache_dir": params.cache_root,
+                                       "manual_dir": params.manual_root})
 
     from m3e_hq import progress
+    from m3e_hq.flows.core.accounting import check_writable
+    from m3e_hq.flows.pipeline.build import TaskRunnerError, build_m3e_hq, task_runner
 
     try:
         flow = build_m3e_hq.with_options(task_runner=task_runner(runner, ray_address))
@@ -302,12 +358,7 @@ def build(
     try:
         check_writable(params.build_dir)
         with progress.showing(console), quiet_output_errors(), one_api_server(runner):
-            summary = flow(
-                samples=params.samples, raw_dir=str(params.raw_dir) if params.raw_dir else None,
-                sources=params.sources, out_dir=str(params.build_dir), max_chars=params.max_chars,
-                cache_dir=str(params.cache_root), manual_dir=str(params.manual_root), require_all=require_all,
-                dedup=params.dedup, filters=params.filters, mine=params.mine, publish_settings=params.publish,
-                push_to_hub=params.push_to_hub)
+            summary = flow(params)
     except MissingSourcesError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -438,7 +489,7 @@ def serve(
 ) -> None:
     """Serve the build-m3e-hq flow as the Prefect deployment build-m3e-hq/build-m3e-hq until interrupted; needs a
     Prefect server (`prefect server start`) and PREFECT_API_URL set (http://127.0.0.1:4200/api)."""
-    from m3e_hq.flows.pipeline.deploy import RUN_COMMAND, ServeError, check_api
+    from m3e_hq.flows.pipeline.deploy import RUN_EXAMPLE, ServeError, check_api
     from m3e_hq.flows.pipeline.deploy import serve as serve_deployment
 
     try:
@@ -447,7 +498,7 @@ def serve(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     console.print(f"Serving build-m3e-hq through {url}, {limit} run(s) at a time. Trigger a run with:\n"
-                  f"  {RUN_COMMAND} -p samples=true", soft_wrap=True)
+                  f"  {RUN_EXAMPLE}", soft_wrap=True, markup=False)
     serve_deployment(limit)
 
 

@@ -16,20 +16,22 @@ from uuid import UUID
 
 import httpx
 import pytest
-from m3e_hq.flows.pipeline import download
-from m3e_hq.flows.stages import filters, ingest
-from m3e_hq.flows.cli import app
-from m3e_hq.flows.pipeline.artifacts import artifact_key, slug
-from m3e_hq.flows.pipeline.build import RESULTS_DIR, build_m3e_hq
-from m3e_hq.flows.pipeline.deploy import RUN_COMMAND, ServeError, serve
-from m3e_hq.flows.stages.mine import MineParams
-from m3e_hq.sources.fetch import Obtained
-from m3e_hq.sources.layout import SAMPLES_DIR
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_server import BIN, Server, free_port, stop, wait_until
 from typer.testing import CliRunner
+
+from m3e_hq.flows.cli import app
+from m3e_hq.flows.pipeline import download
+from m3e_hq.flows.pipeline.artifacts import artifact_key, slug
+from m3e_hq.flows.pipeline.build import RESULTS_DIR, build_m3e_hq
+from m3e_hq.flows.pipeline.deploy import RUN_EXAMPLE, ServeError, serve
+from m3e_hq.flows.pipeline.params import BuildParams
+from m3e_hq.flows.stages import filters, ingest
+from m3e_hq.flows.stages.mine import MineParams
+from m3e_hq.sources.fetch import Obtained
+from m3e_hq.sources.layout import SAMPLES_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOYMENT = "build-m3e-hq/build-m3e-hq"
@@ -44,7 +46,7 @@ def served(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_until(lambda: deployment_exists(server.url), 120, "the deployment was not registered", process, log)
-        assert f"{RUN_COMMAND} -p samples=true" in log.read_text()
+        assert RUN_EXAMPLE in log.read_text()
         yield process
     finally:
         stop(process)
@@ -56,6 +58,7 @@ def deployment_exists(url: str) -> bool:
 
 
 def deployment_run(server: Server, *params: str) -> subprocess.CompletedProcess:
+    """`prefect deployment run` with these `-p KEY=VALUE` parameters."""
     args = [str(BIN / "prefect"), "deployment", "run", DEPLOYMENT, *[a for p in params for a in ("-p", p)],
             "--watch", "--watch-timeout", "600"]
     return subprocess.run(args, env=server.env, capture_output=True, text=True, timeout=660, check=False)
@@ -70,10 +73,12 @@ def run_id(done: subprocess.CompletedProcess) -> UUID:
 
 def test_served_deployment_builds_the_samples(server, served, tmp_path):
     out = tmp_path / "out"
-    done = deployment_run(server, "samples=true", 'sources=["ocnli","lcqmc"]', f"out_dir={json.dumps(str(out))}")
+    params = {"samples": True, "sources": ["ocnli", "lcqmc"], "out_dir": str(out), "publish": {"plots": False}}
+    done = deployment_run(server, f"params={json.dumps(params)}")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Flow run finished successfully in 'Completed'" in done.stdout
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert BuildParams.model_validate(manifest["params"]) == BuildParams.model_validate(params)
     assert list(manifest["stages"]) == ["ingest", "dedup", "filter", "mine"]
     assert set(manifest["stages"]["mine"]["sources"]) == {"ocnli", "lcqmc"}
     assert manifest["stages"]["mine"]["totals"]["kept"] > 0
@@ -86,13 +91,18 @@ def test_served_deployment_builds_the_samples(server, served, tmp_path):
 
 
 def test_invalid_parameters_fail_when_the_run_is_created(server, served):
-    done = deployment_run(server, "max_chars=0")
-    assert done.returncode == 1
-    assert "Validation failed for field 'max_chars'" in done.stdout + done.stderr
-    done = deployment_run(server, "commercial_only=yes")  # -p values are JSON: true or false
-    assert done.returncode == 1
-    assert "Validation failed for field 'commercial_only'" in done.stdout + done.stderr
-    assert "'yes' is not of type 'boolean'" in done.stdout + done.stderr
+    for params, message in [
+        ('params={"max_chars": 0}',
+         "Validation failed for field 'params.max_chars'. Failure reason: 0 is less than the minimum of 1"),
+        ('params={"publish": {"commercial_only": "yes"}}',  # JSON: true or false
+         ("Validation failed for field 'params.publish.commercial_only'. Failure reason: 'yes' is not of type "
+          "'boolean'")),
+        ('params={"dedup": {"nearr": false}}', "Additional properties are not allowed ('nearr' was unexpected)"),
+        ("samples=true", "The following parameters were specified but not found on the deployment: 'samples'"),
+    ]:
+        done = deployment_run(server, params)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert message in " ".join((done.stdout + done.stderr).split()), done.stdout + done.stderr
 
 
 def test_prefect_yaml_deploys_to_a_process_pool_that_a_worker_runs(server, served, tmp_path):
@@ -109,7 +119,8 @@ def test_prefect_yaml_deploys_to_a_process_pool_that_a_worker_runs(server, serve
         worker = subprocess.Popen([prefect, "worker", "start", "--pool", "local-process"], cwd=tmp_path,
                                   env=server.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        done = deployment_run(server, "samples=true", 'sources=["ocnli"]', f"out_dir={json.dumps(str(tmp_path))}")
+        params = {"samples": True, "sources": ["ocnli"], "out_dir": str(tmp_path)}
+        done = deployment_run(server, f"params={json.dumps(params)}")
         assert done.returncode == 0, done.stdout + done.stderr + log.read_text(errors="replace")
     finally:
         stop(worker)
@@ -148,9 +159,9 @@ def ingest_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def build(out: Path, tiny_encoder: Path, raw_dir: Path | None = None, **params) -> dict:
-    where = {"raw_dir": str(raw_dir)} if raw_dir else {"samples": True}
-    return build_m3e_hq(**where, sources=["ocnli", "lcqmc"], out_dir=str(out), cache_dir=str(out.parent / "cache"),
-                        mine=MineParams(encoder=str(tiny_encoder)), **params)
+    where = {"raw_dir": raw_dir} if raw_dir else {"samples": True}
+    return build_m3e_hq(BuildParams(**where, sources=["ocnli", "lcqmc"], out_dir=out, cache_dir=out.parent / "cache",
+                                    mine=MineParams(encoder=str(tiny_encoder)), **params))
 
 
 def test_a_failed_build_resumes_at_the_failed_stage(prefect_api, tmp_path, monkeypatch, ingest_calls, tiny_encoder):
@@ -220,8 +231,8 @@ def test_transient_download_failures_are_retried_and_permanent_ones_reported(pre
 
     monkeypatch.setattr(download, "fetch_source", fetch)
     monkeypatch.setattr(download, "obtain_task", download.obtain_task.with_options(retry_delay_seconds=0))
-    summary = build_m3e_hq(sources=["ocnli", "lcqmc"], out_dir=str(tmp_path / "out"), cache_dir=str(tmp_path),
-                           mine=MineParams(encoder=str(tiny_encoder)))
+    summary = build_m3e_hq(BuildParams(sources=["ocnli", "lcqmc"], out_dir=tmp_path / "out", cache_dir=tmp_path,
+                                       mine=MineParams(encoder=str(tiny_encoder))))
     status = {r.source: r.status for r in summary["results"]}
     assert status == {"ocnli": "ok", "lcqmc": "failed"}
     assert sorted(calls) == ["lcqmc", "ocnli", "ocnli"]

@@ -2,21 +2,25 @@
 
 import inspect
 import json
+import re
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from m3e_hq.flows.cli import app, manual_markdown_table, markdown_table
-from m3e_hq.flows.core.negatives import NegativeParams
-from m3e_hq.flows.pipeline.build import FLOW_NAME, build_m3e_hq
-from m3e_hq.flows.pipeline.params import BuildParams
-from m3e_hq.flows.stages.mine import MineParams
-from m3e_hq.sources import adapters
-from m3e_hq.sources.layout import SAMPLES_DIR
 from prefect.testing.utilities import prefect_test_harness
 from pydantic import ValidationError
 from typer.testing import CliRunner
+
+from m3e_hq.flows.cli import app, manual_markdown_table, markdown_table
+from m3e_hq.flows.core.negatives import NegativeParams
+from m3e_hq.flows.pipeline.build import FLOW_NAME, build_m3e_hq
+from m3e_hq.flows.pipeline.deploy import RUN_COMMAND
+from m3e_hq.flows.pipeline.params import BuildParams, cli_fields
+from m3e_hq.flows.stages.mine import MineParams
+from m3e_hq.flows.stages.publish import PublishParams
+from m3e_hq.sources import adapters
+from m3e_hq.sources.layout import SAMPLES_DIR
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -29,7 +33,8 @@ def prefect_server():
 
 def test_flow_ingests_the_selected_sources_and_writes_the_manifest(prefect_server, tmp_path):
     assert build_m3e_hq.name == FLOW_NAME == "build-m3e-hq"
-    summary = build_m3e_hq(samples=True, sources=["ocnli", "Chinese-SQuAD", "Zhuiyi-NL2SQL"], out_dir=str(tmp_path))
+    summary = build_m3e_hq(BuildParams(samples=True, sources=["ocnli", "Chinese-SQuAD", "Zhuiyi-NL2SQL"],
+                                       out_dir=tmp_path))
     assert [r.source for r in summary["results"]] == ["ocnli", "Zhuiyi-NL2SQL", "Chinese-SQuAD"]
     assert all(r.status == "ok" for r in summary["results"])
     manifest = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
@@ -79,8 +84,8 @@ def test_a_failed_download_is_reported_and_the_other_sources_published(prefect_s
 def test_missing_sources_are_reported_with_what_to_do(prefect_server, tmp_path):
     raw = tmp_path / "raw"
     (raw / "lawzhidao").mkdir(parents=True)
-    summary = build_m3e_hq(raw_dir=str(raw), sources=["lawzhidao", "amazon_reviews_multi", "cmrc2018"],
-                           out_dir=str(tmp_path / "out"))
+    summary = build_m3e_hq(BuildParams(raw_dir=raw, sources=["lawzhidao", "amazon_reviews_multi", "cmrc2018"],
+                                       out_dir=tmp_path / "out"))
     status = {r.source: r for r in summary["results"]}
     assert status["lawzhidao"].status == "missing"
     assert "download by hand from https://www.heywhale.com" in status["lawzhidao"].message
@@ -108,8 +113,9 @@ def test_cli_build_on_samples_prints_the_summary(prefect_server, tmp_path):
 
 def test_flow_runs_ingest_dedup_filter_mine_and_the_counts_chain(prefect_server, tmp_path, tiny_encoder):
     sources = ["lcqmc", "SimCLUE", "firefily", "hc3_chinese"]
-    build_m3e_hq(samples=True, sources=sources, out_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"),
-                 mine=MineParams(encoder=str(tiny_encoder)))
+    # A dict, as a deployment run passes it: the flow validates it into BuildParams.
+    build_m3e_hq({"samples": True, "sources": sources, "out_dir": str(tmp_path), "cache_dir": str(tmp_path / "cache"),
+                  "mine": {"encoder": str(tiny_encoder)}})
     manifest = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
     stages = manifest["stages"]
     assert list(stages) == ["ingest", "dedup", "filter", "mine"]
@@ -146,7 +152,7 @@ def test_cli_dedup_and_filter_options_reach_the_build(prefect_server, tmp_path):
     filtered = manifest["stages"]["filter"]["sources"]["lcqmc"]
     assert filtered["kept"] == 0 and filtered["dropped"] == {"too_short": filtered["read"]}
     bad = CliRunner().invoke(app, ["build", "--samples", "--dedup-on", "passage"])
-    assert bad.exit_code == 2 and "on: Input should be 'pair', 'query' or 'query-s2p'" in bad.output
+    assert bad.exit_code == 2 and bad.output == "error: --dedup-on: Input should be 'pair', 'query' or 'query-s2p'\n"
 
 
 def test_build_params_errors_say_what_to_do(tmp_path):
@@ -212,15 +218,16 @@ def test_readme_documents_every_stage_setting_and_reason():
     names = [*filters.FilterParams.model_fields, *(reason for stage in STAGES for reason in stage.reasons),
              *(f for f in mine.MineParams.model_fields if f != "negatives")]
     assert [name for name in names if f"`{name}`" not in readme] == []
-    flow_parameters = inspect.signature(build_m3e_hq.fn).parameters
-    assert [name for name in flow_parameters if f"`{name}`" not in readme] == []
+    assert list(inspect.signature(build_m3e_hq.fn).parameters) == ["params"]
+    assert [name for name in BuildParams.model_fields if f"`{name}`" not in readme] == []
     nested = [f for f in negatives.NegativeParams.model_fields if f"`{f}`" not in readme
               and f"`negatives.{f}`" not in readme]
     assert nested == []
-    cli_options = ["--dedup-on", "--near-threshold", "--no-near", "--keep-eval-splits", "--decontaminate", "--filters",
-                   "--encoder", "--teacher", "--device", "--search", "--num-negatives", "--seed", "--min-pair-score",
-                   "--mine"]
-    assert [option for option in cli_options if f"`{option}" not in readme] == []
+    cli_options = [name for field in cli_fields() for names in field.names for name in names.split("/")]
+    documented = [option for option in [*cli_options, "--config"]  # in a code span, as itself (--near, not --near-x)
+                  if re.search(rf"`[^`\n]*{re.escape(option)}(?![\w-])[^`\n]*`", readme)]
+    assert documented == [*cli_options, "--config"]
+    assert f"{RUN_COMMAND} -p 'params={{" in readme
 
 
 def test_flow_commercial_only_publishes_commercial_sources_only(prefect_server, tmp_path, tiny_encoder):
@@ -228,8 +235,8 @@ def test_flow_commercial_only_publishes_commercial_sources_only(prefect_server, 
     # No margins: a random model's scores would leave some small pools without negatives.
     mine = MineParams(encoder=str(tiny_encoder), false_negative_margin=None,
                       negatives=NegativeParams(relative_margin=None))
-    summary = build_m3e_hq(samples=True, sources=sources, out_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"),
-                           mine=mine, commercial_only=True)
+    summary = build_m3e_hq(BuildParams(samples=True, sources=sources, out_dir=tmp_path, cache_dir=tmp_path / "cache",
+                                       mine=mine, publish=PublishParams(commercial_only=True)))
     for folder in summary["published"]["folders"].values():
         published = {p.name for p in (Path(folder) / "data").iterdir()} - {"triplets", "scored-pairs"}
         assert published == {"dureader_robust", "csl"}  # lawzhidao states no licence, lcqmc is not commercial

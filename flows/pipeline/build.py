@@ -392,23 +392,13 @@ MaxChars = Annotated[int, Field(ge=1, description="longest text kept per side, i
 
 
 @flow(name=FLOW_NAME, task_runner=task_runner("thread"), log_prints=True)
-def build_m3e_hq(samples: bool = False, raw_dir: str | None = None, sources: list[str] | None = None,
-                 out_dir: str | None = None, max_chars: MaxChars = DEFAULT_MAX_CHARS, cache_dir: str | None = None,
-                 manual_dir: str | None = None, require_all: bool = False, dedup: DedupParams | None = None,
-                 filters: FilterParams | None = None, mine: MineParams | None = None,
-                 commercial_only: bool = False, include_unknown_license: bool = False,
-                 publish_settings: PublishParams | None = None, push_to_hub: str | None = None) -> dict[str, Any]:
-    """Build m3e-hq and m3e-hq-with-score: obtain each selected source (download, cache, manual folder or samples),
-    ingest each one, dedup them together, filter each, mine negatives and teacher scores, write the manifest,
-    publish both datasets (only commercial-use sources with commercial_only) and the counts as Prefect artifacts."""
-    settings = publish_settings or PublishParams()
-    publishing = settings.model_copy(update={
-        "commercial_only": commercial_only or settings.commercial_only,
-        "include_unknown_license": include_unknown_license or settings.include_unknown_license})
-    params = BuildParams(samples=samples, raw_dir=raw_dir, sources=sources or [], out_dir=out_dir,
-                         max_chars=max_chars, cache_dir=cache_dir, manual_dir=manual_dir, require_all=require_all,
-                         dedup=dedup or DedupParams(), filters=filters or FilterParams(), mine=mine or MineParams(),
-                         publish=publishing, push_to_hub=push_to_hub)
+def build_m3e_hq(params: BuildParams | None = None) -> dict[str, Any]:
+    """Build m3e-hq and m3e-hq-with-score as `params` says (None: the defaults, every source downloaded and built
+    into data/build/full/): obtain each selected source (download, cache, manual folder or samples), ingest each one,
+    dedup them together, filter each, mine negatives and teacher scores, write the manifest, publish both datasets
+    (only commercial-use sources with publish.commercial_only) and the counts as Prefect artifacts. A deployment run
+    takes `params` as JSON, checked against BuildParams' schema when the run is created."""
+    params = BuildParams() if params is None else params
     summary = build(params, obtain_mapped(params), PrefectTasks(params.build_dir))
     publish_artifacts(summary)
     return summary

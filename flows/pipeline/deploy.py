@@ -1,8 +1,9 @@
 """Serving the build-m3e-hq flow as the Prefect deployment `build-m3e-hq/build-m3e-hq` (`m3e-hq serve`).
 
 The serving process polls the Prefect API and runs each flow run in a subprocess, `limit` at a time; runs are
-triggered with `prefect deployment run build-m3e-hq/build-m3e-hq -p samples=true` (parameters are JSON, checked
-against the flow's schema when the run is created). Serving needs a Prefect server that every process reaches
+triggered with `prefect deployment run build-m3e-hq/build-m3e-hq -p 'params={"samples": true}'`: the flow's one
+parameter, `params`, is BuildParams as JSON, checked against BuildParams' JSON schema when the run is created (the
+deployment enforces its parameter schema). Serving needs a Prefect server that every process reaches
 (Prefect's ephemeral mode gives each process a server of its own): `prefect server start`, and PREFECT_API_URL set
 in every shell. `m3e-hq serve` turns off telemetry before Prefect is imported (DO_NOT_TRACK=1,
 PREFECT_SERVER_ANALYTICS_ENABLED=false), as every m3e-hq command does.
@@ -10,12 +11,14 @@ PREFECT_SERVER_ANALYTICS_ENABLED=false), as every m3e-hq command does.
 
 import os
 
-from m3e_hq.flows.pipeline.build import FLOW_NAME, build_m3e_hq
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
+from m3e_hq.flows.pipeline.build import FLOW_NAME, build_m3e_hq
+
 DEPLOYMENT_NAME = FLOW_NAME
 RUN_COMMAND = f"prefect deployment run {FLOW_NAME}/{DEPLOYMENT_NAME}"
+RUN_EXAMPLE = f"{RUN_COMMAND} -p 'params={{\"samples\": true}}'"  # a run on the shipped samples
 START_SERVER = ("start one with `prefect server start` and, in this shell and the one you run deployments from, "
                 "`export PREFECT_API_URL=http://127.0.0.1:4200/api`")
 

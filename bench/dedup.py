@@ -15,7 +15,7 @@ shingles (2-grams under 10 characters):
   query (one core);
 - rensa: one `RMinHash` per text, `update` with the shingle list, `RMinHashLSH(0.8, 128, 16 bands)` insert and query
   (one core);
-- ours: `m3e_hq.flows.core.minhash.near_duplicates` (vectorised signatures on 2 threads, polars band grouping, exact Jaccard
+- ours: `flows.core.minhash.near_duplicates` (vectorised signatures on 2 threads, polars band grouping, exact Jaccard
   confirmation, connected components).
 
 Recall: planted pairs reported (ours: the two texts end in one cluster). Precision: reported pairs (ours: confirmed

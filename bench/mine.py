@@ -1,5 +1,5 @@
-"""Hard-negative mining benchmark: sentence-transformers `mine_hard_negatives` vs ours (m3e_hq.flows.stages.mine), and teacher
-scoring: sentence-transformers `CrossEncoder.predict` vs ours (m3e_hq.flows.core.teacher), on the same pairs, models and device.
+"""Hard-negative mining benchmark: sentence-transformers `mine_hard_negatives` vs ours (flows.stages.mine), and teacher
+scoring: sentence-transformers `CrossEncoder.predict` vs ours (flows.core.teacher), on the same pairs, models and device.
 
     python bench/mine.py [--n 2000] [--device cpu|cuda] [--shape tiny|m3e-base]
 
@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from random_models import M3E_BASE_SHAPE, TINY_SHAPE, build_cross_encoder, build_encoder
+
 from m3e_hq.flows.core.encode import encode, load_encoder
 from m3e_hq.flows.core.negatives import NegativeParams
 from m3e_hq.flows.core.teacher import CrossEncoderTeacher
@@ -45,7 +47,6 @@ from m3e_hq.flows.stages.ingest import tags
 from m3e_hq.flows.stages.mine import MineParams, mine_sources
 from m3e_hq.schemas import M3E_HQ_SCHEMA, row_id
 from m3e_hq.sources.catalog import default_catalog
-from random_models import M3E_BASE_SHAPE, TINY_SHAPE, build_cross_encoder, build_encoder
 
 COMMON = [chr(c) for c in range(0x4E00, 0x4E00 + 3500)]
 NEGATIVES, RANGE_MIN, RANGE_MAX = 5, 10, 50

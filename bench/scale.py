@@ -5,7 +5,7 @@ for the 22 million pairs of the M3E table.
 
 For each N: N synthetic Chinese pairs in four sources' native formats (bench/synthetic.py: length distributions per
 task type, 10% duplicates) are written by one process; a fresh process then runs ingest → dedup → filters on all of
-them with the project's plain stage functions (m3e_hq.flows.pipeline.build's, without Prefect), and the mine stage on a sample
+them with the project's plain stage functions (flows.pipeline.build's, without Prefect), and the mine stage on a sample
 (`--mine-sample` filtered pairs, the offline default encoder on the CPU). Its peak RSS is that process's own
 (ru_maxrss), so the generator's memory is not counted. Targets (issue 7): peak memory for 2M pairs ≤ 8 GB, time per
 row flat (±20%) from the smallest to the largest size.

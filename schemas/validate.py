@@ -2,6 +2,7 @@
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from m3e_hq.schemas.enums import Domain, Permission, Prompt, Quality, TaskType
 from m3e_hq.schemas.records import ID_HEX_CHARS, M3E_HQ_WITH_SCORE_SCHEMA
 

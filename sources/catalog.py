@@ -5,8 +5,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from m3e_hq.schemas.enums import Domain, Permission, Prompt, Quality, TaskType
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from m3e_hq.schemas.enums import Domain, Permission, Prompt, Quality, TaskType
 
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
 EXPECTED_SOURCES = 29

@@ -8,17 +8,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mockhub import MockHub
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
+from prefect.settings import PREFECT_API_URL, PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+from prefect_server import Server, running_server
+
 from m3e_hq.flows.pipeline.build import build_sources
 from m3e_hq.flows.pipeline.params import BuildParams
 from m3e_hq.flows.stages.mine import MineParams
 from m3e_hq.sources import cache
 from m3e_hq.sources.catalog import Catalog, HubObtain, default_catalog
 from m3e_hq.sources.layout import SAMPLES_DIR
-from mockhub import MockHub
-from prefect.events.worker import EventsWorker
-from prefect.logging.handlers import APILogWorker
-from prefect.settings import PREFECT_API_URL, PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
-from prefect_server import Server, running_server
 
 EXPECTED_DIR = Path(__file__).parent / "expected"
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))

@@ -5,6 +5,7 @@ import errno
 import os
 
 import pyarrow.parquet as pq
+
 from m3e_hq.flows.cli import app
 
 FULL_DISK = os.environ["M3E_HQ_FULL_DISK"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import EXPECTED_DIR
+
 from m3e_hq.sources.adapters.flat import adapt_flat, detokenize, zh_cn
 from m3e_hq.sources.adapters.squad import adapt_squad
 from m3e_hq.sources.adapters.tableqa import BadSQL, render_sql

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from m3e_hq.sources.catalog import CATALOG_PATH, CatalogError, load_catalog
 
 # The M3E dataset table (moka-ai/m3e-base model card), column by column as printed there:

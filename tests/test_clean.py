@@ -1,6 +1,7 @@
 """Text clean-up and the per-side checks that decide quarantine reasons."""
 
 import pytest
+
 from m3e_hq.flows.core.clean import check_side, clean_text
 
 

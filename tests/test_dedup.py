@@ -1,4 +1,4 @@
-"""The dedup stage (m3e_hq.flows.stages.dedup) on ingest outputs written for the test: planted duplicates across sources, the
+"""The dedup stage (flows.stages.dedup) on ingest outputs written for the test: planted duplicates across sources, the
 survivor rule, short texts, evaluation splits and decontamination, and the accounting."""
 
 import json
@@ -7,6 +7,7 @@ import random
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from m3e_hq.flows.core.minhash import MinHashParams
 from m3e_hq.flows.stages.dedup import (
     DedupParams,

@@ -5,6 +5,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pydantic import ValidationError
+
+from m3e_hq.flows.core.text import normalize
 from m3e_hq.flows.stages import filters
 from m3e_hq.flows.stages.filters import (
     FilterParams,
@@ -12,8 +15,6 @@ from m3e_hq.flows.stages.filters import (
     pair_reason,
     reasons,
 )
-from m3e_hq.flows.core.text import normalize
-from pydantic import ValidationError
 
 DEFAULTS = FilterParams()
 PASSAGE = ("黑死病被认为起源于中亚干旱平原，然后沿着丝绸之路行进，到1343年到达克里米亚。从那里开始，它很可能是由生活在"
@@ -60,10 +61,11 @@ BAD_PAIRS = [
 
 
 def test_reason_codes():
-    assert tuple(FilterReason) == (FilterReason.TOO_SHORT, FilterReason.TOO_LONG, FilterReason.QUERY_EQUALS_POSITIVE, FilterReason.QUERY_IN_POSITIVE, FilterReason.ANSWER_REPEATS_QUESTION,
-                       FilterReason.MOJIBAKE, FilterReason.MARKUP, FilterReason.BOILERPLATE, FilterReason.REPETITIVE, FilterReason.LOW_CJK_RATIO, FilterReason.LOW_PAIR_SCORE)
+    assert [r.value for r in FilterReason] == [
+        "too_short", "too_long", "query_equals_positive", "query_in_positive", "answer_repeats_question", "mojibake",
+        "markup", "boilerplate", "repetitive", "low_cjk_ratio", "low_pair_score"]
     # Every reason but the pair score (tested below with scores) has crafted bad pairs.
-    assert {case[-1] for case in BAD_PAIRS} == set(tuple(FilterReason)) - {FilterReason.LOW_PAIR_SCORE}
+    assert {case[-1] for case in BAD_PAIRS} == set(FilterReason) - {FilterReason.LOW_PAIR_SCORE}
 
 
 @pytest.mark.parametrize(("text", "text_pos", "homogeneous", "task_type", "reason"), BAD_PAIRS)

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from m3e_hq.flows.core.accounting import StageCounts
 from m3e_hq.flows.stages.ingest import IngestReason, ingest_source
 from m3e_hq.schemas import DROPPED_SCHEMA, M3E_HQ_SCHEMA, validate_table

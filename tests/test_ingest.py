@@ -6,6 +6,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from m3e_hq.flows.core.accounting import AccountingError, StageCounts, StageWriter
 from m3e_hq.flows.stages.ingest import ingest_source
 from m3e_hq.schemas import DROPPED_SCHEMA, M3E_HQ_SCHEMA, SchemaError, validate_table

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from m3e_hq.flows.cli import app
-from m3e_hq.flows.pipeline.push import verify
 from prefect_server import BIN, Server
 from typer.testing import CliRunner
+
+from m3e_hq.flows.cli import app
+from m3e_hq.flows.pipeline.push import verify
 
 FAULTY_CLI = Path(__file__).with_name("faulty_cli.py")
 DATASETS = ("m3e-hq", "m3e-hq-with-score")

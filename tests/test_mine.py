@@ -1,4 +1,4 @@
-"""The mine stage (m3e_hq.flows.stages.mine) with tiny random BERT models built from a config: negatives, teacher scores, the
+"""The mine stage (flows.stages.mine) with tiny random BERT models built from a config: negatives, teacher scores, the
 accounting, reproducibility, shortfalls, and clear failures on a GPU path without a GPU."""
 
 import json
@@ -9,13 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from test_dedup import rows_of
+
 from m3e_hq.flows.core.encode import encode, load_encoder
 from m3e_hq.flows.core.negatives import NegativeParams
 from m3e_hq.flows.core.teacher import CrossEncoderTeacher
 from m3e_hq.flows.core.text import key
 from m3e_hq.flows.stages.mine import MineParams, MineReason, merge, mine_sources
 from m3e_hq.schemas import M3E_HQ_SCHEMA, M3E_HQ_WITH_SCORE_SCHEMA
-from test_dedup import rows_of
 
 COMMON = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)]
 # No margin: a random model's cosines say nothing about which text is the positive.

@@ -4,6 +4,7 @@ import random
 
 import numpy as np
 import pytest
+
 from m3e_hq.flows.core.minhash import (
     MinHashParams,
     ParquetTexts,
@@ -130,9 +131,10 @@ def test_band_keys_spilled_to_parquet_give_the_same_clusters(tmp_path, monkeypat
 
 
 def test_texts_read_from_parquet_in_batches_give_the_same_clusters(tmp_path, monkeypatch):
-    import m3e_hq.flows.core.minhash
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    import m3e_hq.flows.core.minhash
 
     rng = random.Random(13)
     originals = ["".join(rng.choices(COMMON, k=50)) for _ in range(200)]

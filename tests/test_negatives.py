@@ -1,9 +1,11 @@
-"""Hard-negative selection (m3e_hq.flows.core.negatives) on hand-made search results, and against a plain-Python reference."""
+"""Hard-negative selection (flows.core.negatives) on hand-made search results, and against a plain-Python reference."""
 
 import random
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
+
 from m3e_hq.flows.core.minhash import MinHashParams
 from m3e_hq.flows.core.negatives import (
     CEILING,
@@ -24,7 +26,6 @@ from m3e_hq.flows.core.negatives import (
     keys_and_signatures,
     select_negatives,
 )
-from pydantic import ValidationError
 
 COMMON = [chr(c) for c in range(0x4E00, 0x4E00 + 2000)]
 FILLER = [f"负例文本第{i}号" for i in range(200)]  # distinct keys, no near-duplicates of each other

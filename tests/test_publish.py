@@ -1,4 +1,4 @@
-"""Publishing (m3e_hq.flows.stages.publish) the samples build: every config of both folders loads offline with the build's rows,
+"""Publishing (flows.stages.publish) the samples build: every config of both folders loads offline with the build's rows,
 the trainer configs train a tiny model for a step, the commercial-only export holds only commercial sources, a
 failed publish leaves the previous one intact, and the cards parse and the checksums match."""
 

@@ -1,12 +1,13 @@
-"""Uploading a published dataset folder (m3e_hq.flows.pipeline.push) to the local Hub stand-in, and refusing unfinished folders."""
+"""Uploading a published dataset folder (flows.pipeline.push) to the local Hub stand-in, and refusing unfinished folders."""
 
 import hashlib
 import logging
 
 import pytest
 from huggingface_hub import snapshot_download
-from m3e_hq.flows.pipeline.push import CHECKSUMS, PushError, push_to_hub, verify
 from mockhub import MockHub
+
+from m3e_hq.flows.pipeline.push import CHECKSUMS, PushError, push_to_hub, verify
 
 TOKEN = "hf_test_secret_0123456789"
 
@@ -69,8 +70,9 @@ def test_a_refused_upload_says_why_without_the_token(hub, tmp_path):
 
 
 def test_cli_export_commercial_only_and_push(hub, samples_build, catalog, tmp_path):
-    from m3e_hq.flows.cli import app
     from typer.testing import CliRunner
+
+    from m3e_hq.flows.cli import app
 
     out = tmp_path / "export"
     result = CliRunner().invoke(app, ["export", "--build", samples_build["build_dir"], "--out", str(out),

@@ -8,16 +8,6 @@ from pathlib import Path
 import httpx
 import pyarrow.parquet as pq
 import pytest
-from m3e_hq.flows.cli import app, one_api_server
-from m3e_hq.flows.pipeline.build import (
-    LOCAL_RAY,
-    TaskRunnerError,
-    build_m3e_hq,
-    gpus_per_task,
-    task_runner,
-)
-from m3e_hq.flows.core.stage import StageResult
-from m3e_hq.flows.stages.mine import MineParams, encode_jobs, encode_shard, mine_sources
 from prefect.context import serialize_context
 from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -25,6 +15,18 @@ from prefect.testing.utilities import prefect_test_harness
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import RemoteOptionsContext
 from typer.testing import CliRunner
+
+from m3e_hq.flows.cli import app, one_api_server
+from m3e_hq.flows.core.stage import StageResult
+from m3e_hq.flows.pipeline.build import (
+    LOCAL_RAY,
+    TaskRunnerError,
+    build_m3e_hq,
+    gpus_per_task,
+    task_runner,
+)
+from m3e_hq.flows.pipeline.params import BuildParams
+from m3e_hq.flows.stages.mine import MineParams, encode_jobs, encode_shard, mine_sources
 
 STAGES = ("ingest", "dedup", "filter", "mine", "m3e-hq", "m3e-hq-with-score")
 # Every adapter and native format (Parquet, JSON Lines, gzip, JSON, GBK JSON, CSV, SQuAD, NL2SQL), the text
@@ -63,10 +65,10 @@ def test_ray_build_equals_the_thread_build_and_mines_from_the_shards_cache(prefe
     monkeypatch.setattr(RayTaskRunner, "submit", recording)
     thread, ray = tmp_path / "thread", tmp_path / "ray"
     mine = MineParams(encoder=str(tiny_encoder), encode_shards=2)
-    build_m3e_hq(samples=True, sources=SOURCES, out_dir=str(thread), cache_dir=str(tmp_path / "thread-cache"),
-                 mine=mine)
-    build_m3e_hq.with_options(task_runner=task_runner("ray"))(samples=True, sources=SOURCES, out_dir=str(ray),
-                                                             cache_dir=str(tmp_path / "ray-cache"), mine=mine)
+    build_m3e_hq(BuildParams(samples=True, sources=SOURCES, out_dir=thread, cache_dir=tmp_path / "thread-cache",
+                             mine=mine))
+    build_m3e_hq.with_options(task_runner=task_runner("ray"))(BuildParams(
+        samples=True, sources=SOURCES, out_dir=ray, cache_dir=tmp_path / "ray-cache", mine=mine))
 
     for stage in STAGES:
         expected, got = parquet_files(thread / stage), parquet_files(ray / stage)

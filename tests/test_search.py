@@ -6,6 +6,7 @@ import faiss
 import numpy as np
 import pytest
 import torch
+
 from m3e_hq.flows.core import search as search_module
 from m3e_hq.flows.core.search import (
     FAISS_GPU_MAX_K,

@@ -8,13 +8,14 @@ import re
 import shutil
 from pathlib import Path
 
-from m3e_hq.flows.cli import app
-from m3e_hq.flows.core.encode import embed, load_encoder
-from m3e_hq.flows.core.teacher import CrossEncoderTeacher
 from prefect.client.orchestration import get_client
 from prefect.logging.handlers import APILogWorker
 from transformers import AutoConfig, dynamic_module_utils
 from typer.testing import CliRunner
+
+from m3e_hq.flows.cli import app
+from m3e_hq.flows.core.encode import embed, load_encoder
+from m3e_hq.flows.core.teacher import CrossEncoderTeacher
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "hf_fakeTokenThatMustNotLeak0123456789"

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pydantic import BaseModel
+from test_dedup import rows_of
 
 from m3e_hq.flows.core.accounting import OutputError, parquet_batches
 from m3e_hq.flows.core.stage import (
@@ -28,7 +29,6 @@ from m3e_hq.flows.pipeline.params import BuildParams
 from m3e_hq.flows.stages.mine import MINE
 from m3e_hq.schemas import M3E_HQ_SCHEMA
 from m3e_hq.sources.catalog import default_catalog
-from test_dedup import rows_of
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 PHONE = re.compile(r"1[3-9]\d{9}")

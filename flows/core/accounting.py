@@ -19,9 +19,9 @@ from typing import Any, Self
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from m3e_hq.schemas import DROPPED_SCHEMA, validate_table
 
 from m3e_hq.files import temporary
+from m3e_hq.schemas import DROPPED_SCHEMA, validate_table
 
 BATCH_ROWS = 20_000
 

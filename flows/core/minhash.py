@@ -29,10 +29,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datasketch import MinHash
-from m3e_hq.flows.core.accounting import parquet_batches
 from pydantic import Field
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+
+from m3e_hq.flows.core.accounting import parquet_batches
 
 U32 = np.uint32
 U64 = np.uint64

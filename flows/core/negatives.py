@@ -4,7 +4,7 @@ For a batch of Q queries the search gives K candidates each (pool indices, -1 fo
 their scores, best first). Every candidate gets one outcome, the first rule that applies, in this order:
 
 - `invalid`: a -1 result;
-- `positive`: the query's own positive, by pool index or by normalised key (`m3e_hq.flows.stages.dedup.key`: full-width and
+- `positive`: the query's own positive, by pool index or by normalised key (`flows.stages.dedup.key`: full-width and
   half-width forms, case, whitespace and punctuation do not matter), so that a copy of the positive under another
   pool index is never a negative;
 - `near_duplicate`: the query's own text (by key), or, with MinHash signatures, a text whose estimated Jaccard
@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from m3e_hq.flows.core.minhash import MinHashParams, signatures
 from m3e_hq.flows.core.text import key
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SELECTED = "selected"
 UNUSED = "unused"

@@ -76,8 +76,8 @@ class Stage:
     `params_of` picks the stage's parameters out of the build's; `scope` may depend on them (mining pools either
     way). `isolated`: an error in one source's unit fails that source only, not the build (ingest). `prepare`
     (named `prepare_name`), run in `prepare_shards(params)` concurrent units before the stage when that is more
-    than one, fills a cache the stage then reads (mining's encode shards); `device(params)` says which torch device the stage's models
-    use (for the GPU requests of a Ray task runner).
+    than one, fills a cache the stage then reads (mining's encode shards); `device(params)` says which torch
+    device the stage's models use (for the GPU requests of a Ray task runner).
     """
 
     name: str

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from m3e_hq.flows.core.encode import Tokens, model_location, resolve_device
 from sentence_transformers import CrossEncoder
+
+from m3e_hq.flows.core.encode import Tokens, model_location, resolve_device
 
 SIGMOID_SCALE = "sigmoid[0,1]"
 log = logging.getLogger("m3e_hq.teacher")

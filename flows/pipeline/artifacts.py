@@ -10,9 +10,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
 from m3e_hq.flows.core.accounting import StageCounts
 from m3e_hq.flows.core.manifest import stage_totals
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 
 def slug(text: str) -> str:

@@ -29,14 +29,14 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from prefect import Task, flow, task
 from prefect.cache_policies import INPUTS, CachePolicy
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.hashing import hash_objects
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from m3e_hq.flows.core.accounting import StageCounts
 from m3e_hq.flows.core.manifest import write_manifest
@@ -54,12 +54,11 @@ from m3e_hq.flows.pipeline.artifacts import publish_artifacts
 from m3e_hq.flows.pipeline.download import obtain_mapped, obtain_sources
 from m3e_hq.flows.pipeline.params import BuildParams
 from m3e_hq.flows.pipeline.push import push_to_hub
-from m3e_hq.flows.core.clean import DEFAULT_MAX_CHARS
-from m3e_hq.flows.stages.dedup import DEDUP, DedupParams
-from m3e_hq.flows.stages.filters import FILTER, FilterParams
+from m3e_hq.flows.stages.dedup import DEDUP
+from m3e_hq.flows.stages.filters import FILTER
 from m3e_hq.flows.stages.ingest import INGEST
-from m3e_hq.flows.stages.mine import MINE, MineParams
-from m3e_hq.flows.stages.publish import PublishParams, PublishResult, publish
+from m3e_hq.flows.stages.mine import MINE
+from m3e_hq.flows.stages.publish import PublishResult, publish
 from m3e_hq.schemas import SourceStatus
 from m3e_hq.sources.catalog import ManualObtain, Source, default_catalog
 from m3e_hq.sources.fetch import Obtained, manual_guidance
@@ -386,9 +385,6 @@ def model_tasks(stage: Stage, params: Any) -> AbstractContextManager[Any]:
         return nullcontext()
     gpus = gpus_per_task(stage.device(params), ray.cluster_resources().get("GPU", 0))
     return remote_options(num_gpus=gpus) if gpus else nullcontext()
-
-
-MaxChars = Annotated[int, Field(ge=1, description="longest text kept per side, in characters")]
 
 
 @flow(name=FLOW_NAME, task_runner=task_runner("thread"), log_prints=True)

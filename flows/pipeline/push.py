@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from huggingface_hub import HfApi
+
 from m3e_hq.sources.download_hub import endpoint, headers
 
 CHECKSUMS = "SHA256SUMS"

@@ -9,10 +9,10 @@ columns (ranks, 64-bit key hashes, ids) and numpy arrays, about 100 bytes per ro
 - `eval_split`: the row comes from a split that C-MTEB evaluates (the catalog's `eval_splits`), unless
   `exclude_eval_splits` is off;
 - `eval_overlap`: its query or positive is an exact or near duplicate of a text of the `decontaminate` file;
-- `exact_duplicate`: it has the same normalised key (compared as 128 bits of hash) as a better row (`m3e_hq.flows.stages.filters.normalize`: NFKC, so full-width
-  and half-width forms agree, case folded, whitespace and punctuation removed); the key is the pair (query and
-  positive) by default, the query alone with `on="query"` (or for s2p sources only with `on="query-s2p"`);
-- `near_duplicate`: its key is a MinHash near-duplicate of a better row's (`m3e_hq.flows.core.minhash`; in pair mode both the
+- `exact_duplicate`: it has the same normalised key (compared as 128 bits of hash) as a better row
+  (`flows.core.text.key`: NFKC, so full-width and half-width forms agree, case folded, whitespace and punctuation
+  removed); the key is the pair (query and positive) by default, the query alone with `on="query"` (or for s2p sources only with `on="query-s2p"`);
+- `near_duplicate`: its key is a MinHash near-duplicate of a better row's (`flows.core.minhash`; in pair mode both the
   query and the positive must reach the Jaccard threshold), through a cluster of such pairs.
 
 Which copy survives, among exact duplicates and within a near-duplicate cluster: the first by (commercial use yes,
@@ -21,10 +21,10 @@ not depend on the order rows are read in, and a duplicate never costs the commer
 """
 
 import json
-from operator import attrgetter
 import shutil
 import tempfile
 from collections.abc import Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,14 +32,15 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from m3e_hq.flows.core.accounting import BATCH_ROWS, StageCounts, parquet_batches
-from m3e_hq.flows.core.stage import Context, Reason, Scope, Stage, StageResult, Verdicts, sift
 from m3e_hq.flows.core.minhash import MinHashParams, ParquetTexts, matches, near_duplicates
+from m3e_hq.flows.core.stage import Context, Reason, Scope, Stage, StageResult, Verdicts, sift
 from m3e_hq.flows.core.text import key
 from m3e_hq.schemas import M3E_HQ_SCHEMA
 from m3e_hq.schemas.enums import Permission, Quality
 from m3e_hq.sources.catalog import Catalog
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 STAGE = "dedup"
 

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
 from m3e_hq.flows.core.accounting import BATCH_ROWS, StageCounts, parquet_batches
-from m3e_hq.flows.core.text import normalize
 from m3e_hq.flows.core.stage import Context, Reason, Stage, StageResult, Verdicts, sift
+from m3e_hq.flows.core.text import normalize
 from m3e_hq.schemas import M3E_HQ_SCHEMA
 from m3e_hq.schemas.enums import TaskType
-from pydantic import BaseModel, ConfigDict, Field
 
 STAGE = "filter"
 

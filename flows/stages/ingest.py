@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from m3e_hq import progress
 from m3e_hq.flows.core.accounting import StageCounts, StageWriter
-from m3e_hq.flows.core.stage import Context, Reason, Stage, StageResult
 from m3e_hq.flows.core.clean import DEFAULT_MAX_CHARS, check_side
+from m3e_hq.flows.core.stage import Context, Reason, Stage, StageResult
 from m3e_hq.schemas import M3E_HQ_SCHEMA, row_id
 from m3e_hq.sources.adapters import Candidate, candidates
 from m3e_hq.sources.catalog import Source

@@ -1,8 +1,8 @@
 """Mine stage: m3e-hq rows → m3e-hq-with-score rows (hard negatives and teacher scores), across all sources.
 
     rows of a pool (a source, or all sources) ─► distinct queries and distinct positives encoded once (cached)
-      ─► top-k search of each query among the pool's positives (m3e_hq.flows.core.search: FAISS GPU, torch CUDA or FAISS CPU)
-      ─► negatives selected (m3e_hq.flows.core.negatives: rank window, positive-aware margin, near-duplicate exclusion, seed)
+      ─► top-k search of each query among the pool's positives (flows.core.search: FAISS GPU, torch CUDA or FAISS CPU)
+      ─► negatives selected (flows.core.negatives: rank window, positive-aware margin, near-duplicate exclusion, seed)
       ─► teacher scores of (query, positive) and each (query, negative), a pool at a time (one teacher, one scale)
       ─► false negatives removed (a negative the teacher scores too close to the positive), pair-consistency
          filter (optional), rows left with too few negatives dropped
@@ -26,6 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from m3e_hq import progress
 from m3e_hq.flows.core.accounting import StageCounts
 from m3e_hq.flows.core.minhash import MinHashParams
 from m3e_hq.flows.core.model_names import BI_ENCODER, COSINE_SCALE, DEFAULT_ENCODER
@@ -40,9 +43,6 @@ from m3e_hq.flows.core.negatives import (
 from m3e_hq.flows.core.stage import Context, Reason, Scope, Stage, StageResult, Verdicts, sift
 from m3e_hq.schemas import M3E_HQ_WITH_SCORE_SCHEMA
 from m3e_hq.sources.catalog import Catalog
-from pydantic import BaseModel, ConfigDict, Field
-
-from m3e_hq import progress
 
 STAGE = "mine"
 
@@ -368,7 +368,8 @@ def _write(name: str, table: pa.Table, out_dir: Path, kept: dict[int, dict], dro
     """Write one source's m3e-hq-with-score rows and its dropped rows."""
     rows = sorted(kept)
     extra = [kept[r] for r in rows]
-    scored = (table.take(pa.array(rows, pa.int64())).append_column("text_neg", pa.array([e["text_neg"] for e in extra], pa.list_(pa.string())))
+    scored = (table.take(pa.array(rows, pa.int64()))
+              .append_column("text_neg", pa.array([e["text_neg"] for e in extra], pa.list_(pa.string())))
               .append_column("score_pos", pa.array([e["score_pos"] for e in extra], pa.float32()))
               .append_column("score_neg", pa.array([e["score_neg"] for e in extra], pa.list_(pa.float32())))
               .append_column("teacher", pa.array([teacher] * len(rows), pa.string()))
@@ -390,4 +391,5 @@ def prepare(inputs: dict[str, Path], params: MineParams, context: Context, shard
 
 
 MINE = Stage(STAGE, MineParams, attrgetter("mine"), MineReason, run, scope=lambda params: Scope(params.pool),
-             merge=merge, prepare=prepare, prepare_name="encode", prepare_shards=attrgetter("encode_shards"), device=attrgetter("device"))
+             merge=merge, prepare=prepare, prepare_name="encode", prepare_shards=attrgetter("encode_shards"),
+             device=attrgetter("device"))

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import zhconv
+
 from m3e_hq.sources.adapters.base import Candidate, rejected
 from m3e_hq.sources.catalog import FlatAdapter, PairFields
 from m3e_hq.sources.readers import NativeRecord, SourceFile, read_records

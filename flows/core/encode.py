@@ -8,6 +8,7 @@ to [UNK], so it is a demo default only; real builds name a Chinese model (e.g. m
 import hashlib
 import itertools
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -58,6 +59,11 @@ def text_keys(texts: Sequence[str]) -> np.ndarray:
     return np.frombuffer(digests, dtype=np.uint8).reshape(len(texts), KEY_BYTES)
 
 
+# numpy parses each .npy header with ast.literal_eval, which CPython 3.11 cannot run in two threads at once
+# ("SystemError: AST constructor recursion depth mismatch", seen with four mine tasks reading the cache together).
+_NPY_HEADER_LOCK = threading.Lock()
+
+
 class EmbeddingCache:
     """Embeddings on disk: `<folder>/<model and prompt key>/chunk-*.npz` (keys and float16 vectors).
 
@@ -73,7 +79,7 @@ class EmbeddingCache:
         self._index: dict[bytes, tuple[int, int]] = {}
         self._chunks: list[np.ndarray] = []
         for path in sorted(self.folder.glob("chunk-*.npz")):
-            with np.load(path) as data:
+            with _NPY_HEADER_LOCK, np.load(path) as data:
                 self._add(data["keys"], data["vectors"])
 
     def _add(self, keys: np.ndarray, vectors: np.ndarray) -> None:

@@ -4,16 +4,24 @@ from enum import StrEnum
 from typing import Self
 
 
-class LabelledEnum(StrEnum):
-    """A string enum whose members carry the Chinese label used in the M3E dataset table."""
+class TextEnum(StrEnum):
+    """A string enum whose members are a stable code and a text about it: `Member = "code", "text"`."""
 
-    label_zh: str
+    text: str
 
-    def __new__(cls, code: str, label_zh: str) -> Self:
+    def __new__(cls, code: str, text: str) -> Self:
         member = str.__new__(cls, code)
         member._value_ = code
-        member.label_zh = label_zh
+        member.text = text
         return member
+
+
+class LabelledEnum(TextEnum):
+    """A string enum whose members carry the Chinese label used in the M3E dataset table."""
+
+    @property
+    def label_zh(self) -> str:
+        return self.text
 
     @classmethod
     def from_label(cls, label_zh: str) -> Self:

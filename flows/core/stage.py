@@ -18,19 +18,16 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from m3e_hq.flows.core.accounting import OutputError, StageCounts, StageWriter, dropped_rows
+from m3e_hq.schemas.enums import TextEnum
 from m3e_hq.sources.catalog import Catalog
 
 
-class Reason(StrEnum):
+class Reason(TextEnum):
     """A stage's reason codes: each member a code and the one-line description the README's tables give."""
 
-    description: str
-
-    def __new__(cls, code: str, description: str) -> Self:
-        member = str.__new__(cls, code)
-        member._value_ = code
-        member.description = description
-        return member
+    @property
+    def description(self) -> str:
+        return self.text
 
 
 class Scope(StrEnum):

@@ -42,6 +42,7 @@ from m3e_hq.flows.core.accounting import StageCounts
 from m3e_hq.flows.core.manifest import write_manifest
 from m3e_hq.flows.core.stage import (
     Context,
+    Executor,
     Failed,
     InProcess,
     PipelineRun,
@@ -62,7 +63,7 @@ from m3e_hq.flows.stages.publish import PublishResult, publish
 from m3e_hq.schemas import SourceStatus
 from m3e_hq.sources.catalog import ManualObtain, Source, default_catalog
 from m3e_hq.sources.fetch import Obtained, manual_guidance
-from m3e_hq.sources.layout import locate
+from m3e_hq.sources.layout import Located, locate
 from m3e_hq.sources.readers import SourceFile
 
 FLOW_NAME = "build-m3e-hq"
@@ -111,8 +112,7 @@ class Intake:
     and the result of each of the others."""
 
     obtained: dict[str, Obtained] = field(default_factory=dict)
-    files: dict[str, list[SourceFile]] = field(default_factory=dict)
-    missing: dict[str, list[str]] = field(default_factory=dict)  # per source, the globs that matched nothing
+    located: dict[str, Located] = field(default_factory=dict)  # the sources with files to ingest
     not_ingested: dict[str, SourceResult] = field(default_factory=dict)
 
     @classmethod
@@ -122,6 +122,11 @@ class Intake:
             intake.add(o)
         return intake
 
+    @property
+    def files(self) -> dict[str, list[SourceFile]]:
+        """The first stage's inputs: each ingestible source's native files."""
+        return {name: located.files for name, located in self.located.items()}
+
     def add(self, o: Obtained) -> None:
         self.obtained[o.source] = o
         if not o.ok or o.folder is None:
@@ -130,9 +135,8 @@ class Intake:
             return
         source = default_catalog().get(o.source)
         located = locate(source, o.folder)
-        self.missing[o.source] = located.missing
         if located.files:
-            self.files[o.source] = located.files
+            self.located[o.source] = located
         else:
             self.not_ingested[o.source] = SourceResult(o.source, "missing", missing_message(source, o.folder),
                                                        missing_files=located.missing, obtained=o.summary())
@@ -146,7 +150,8 @@ class Intake:
         if name in self.not_ingested:
             return self.not_ingested[name]
         o = self.obtained[name]
-        files, missing = [f.relpath for f in self.files[name]], self.missing[name]
+        located = self.located[name]
+        files, missing = [f.relpath for f in located.files], located.missing
         if failure is not None:
             return SourceResult(name, "failed", failure, files, missing, o.summary())
         return SourceResult(name, "ok", o.message, files, missing, o.summary(), counts)
@@ -194,7 +199,7 @@ def push_both(result: PublishResult, repo_id: str) -> dict[str, str]:
             f"{repo_id}-with-score": push_to_hub(result.with_score.folder, f"{repo_id}-with-score")}
 
 
-def build(params: BuildParams, obtained: list[Obtained], executor: Any) -> dict[str, Any]:
+def build(params: BuildParams, obtained: list[Obtained], executor: Executor) -> dict[str, Any]:
     """Run the stages on the obtained sources with `executor`, write the manifest and publish."""
     intake = Intake.of(obtained)
     run = run_stages(STAGES, intake.files, params, context(params), executor)

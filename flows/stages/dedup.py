@@ -329,7 +329,7 @@ def _write(name: str, path: Path, out_dir: Path, decisions: _Decisions, offset: 
                          for i, k, k_id in zip(dropped.tolist(), kept.tolist(), kept_ids, strict=True)})
 
     tables = (pa.Table.from_batches([batch]) for batch in parquet_batches(path, BATCH_ROWS))
-    return sift(tables, decide, out_dir / STAGE, STAGE, name, M3E_HQ_SCHEMA, f"ingest/{name}.parquet")
+    return sift(tables, decide, out_dir / STAGE, STAGE, name, M3E_HQ_SCHEMA, f"{path.parent.name}/{path.name}")
 
 
 def run(inputs: dict[str, Path], params: DedupParams, context: Context) -> StageResult:

@@ -323,7 +323,7 @@ def build(
                                                     "ray://head:10001 (default: a local Ray instance)")] = None,
     **options: Any,
 ) -> None:
-    """Run the build-m3e-hq flow: obtain (download) and ingest every selected source, dedup them, filter the pairs,
+    """Run the build-m3e-hq flow: obtain (download) and ingest every selected source, filter the pairs, dedup them,
     mine hard negatives and teacher scores, print per-source and per-stage counts, write the manifest. Without
     --samples or --raw-dir the sources are downloaded into the cache first. The parameters are BuildParams': its
     defaults, then the --config file, then the options given."""
@@ -442,7 +442,7 @@ def one_api_server(runner: str) -> Iterator[None]:
 
 def summary_table(results: list, stages: dict) -> Table:
     """Per source: rows read, kept by ingest, filtered by the source's own rule, quarantined as malformed, and
-    left after dedup and after the quality filters."""
+    left after each later stage in the order they ran (the quality filters, dedup, mining)."""
     from m3e_hq.flows.stages.ingest import RULE_REASONS
 
     later = {stage: {c.source: c.kept for c in counts} for stage, counts in stages.items() if stage != "ingest"}

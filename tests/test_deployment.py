@@ -79,7 +79,7 @@ def test_served_deployment_builds_the_samples(server, served, tmp_path):
     assert "Flow run finished successfully in 'Completed'" in done.stdout
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert BuildParams.model_validate(manifest["params"]) == BuildParams.model_validate(params)
-    assert list(manifest["stages"]) == ["ingest", "dedup", "filter", "mine"]
+    assert list(manifest["stages"]) == ["ingest", "filter", "dedup", "mine"]
     assert set(manifest["stages"]["mine"]["sources"]) == {"ocnli", "lcqmc"}
     assert manifest["stages"]["mine"]["totals"]["kept"] > 0
     for folder in ("m3e-hq", "m3e-hq-with-score"):  # the published datasets
@@ -257,7 +257,7 @@ def test_the_build_publishes_a_table_per_stage_and_a_summary(prefect_api, tmp_pa
     summary = build(out, tiny_encoder)
     with get_client(sync_client=True) as client:
         artifacts = {a.key: a for a in client.read_artifacts() if a.key and a.key.startswith("m3e-hq-my-build-")}
-    assert set(artifacts) == {f"m3e-hq-my-build-{s}" for s in ("ingest", "dedup", "filter", "mine", "summary")}
+    assert set(artifacts) == {f"m3e-hq-my-build-{s}" for s in ("ingest", "filter", "dedup", "mine", "summary")}
     table = json.loads(artifacts["m3e-hq-my-build-ingest"].data)
     ocnli = next(row for row in table if row["source"] == "ocnli")
     counts = next(c for c in summary["stages"]["ingest"] if c.source == "ocnli")

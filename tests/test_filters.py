@@ -277,7 +277,7 @@ def test_filter_stage_writes_kept_and_dropped_rows_with_the_accounting(tmp_path,
     rows = [{"id": f"{i:024x}", "text": text, "text_pos": text_pos, "split": "train",
              **tags(catalog.get("firefily" if task_type == "instruction" else "CINLID")), "homogeneous": homogeneous,
              "task_type": task_type} for i, (text, text_pos, homogeneous, task_type) in enumerate(PAIRS * 3)]
-    path = tmp_path / "dedup" / "mixed.parquet"
+    path = tmp_path / "ingest" / "mixed.parquet"  # the filters read ingest's output
     path.parent.mkdir()
     pq.write_table(pa.Table.from_pylist(rows, schema=M3E_HQ_SCHEMA), path)
     monkeypatch.setattr(filters, "BATCH_ROWS", 5)  # three batches: locators count rows across them
@@ -289,4 +289,4 @@ def test_filter_stage_writes_kept_and_dropped_rows_with_the_accounting(tmp_path,
     assert kept.schema.equals(M3E_HQ_SCHEMA, check_metadata=False)
     assert kept["id"].to_pylist() == [r["id"] for r in rows if r["text"] != "你有感情吗"]
     assert [(d["id"], d["locator"], d["reason"]) for d in dropped] == [
-        (f"{i:024x}", f"dedup/mixed.parquet#{i}", FilterReason.BOILERPLATE) for i in (2, 6, 10)]
+        (f"{i:024x}", f"ingest/mixed.parquet#{i}", FilterReason.BOILERPLATE) for i in (2, 6, 10)]

@@ -111,22 +111,23 @@ def test_cli_build_on_samples_prints_the_summary(prefect_server, tmp_path):
         assert stage_rows[stage] == [str(totals["read"]), str(totals["kept"]), str(sum(totals["dropped"].values()))]
 
 
-def test_flow_runs_ingest_dedup_filter_mine_and_the_counts_chain(prefect_server, tmp_path, tiny_encoder):
+def test_flow_runs_ingest_filter_dedup_mine_and_the_counts_chain(prefect_server, tmp_path, tiny_encoder):
     sources = ["lcqmc", "SimCLUE", "firefily", "hc3_chinese"]
     # A dict, as a deployment run passes it: the flow validates it into BuildParams.
     build_m3e_hq({"samples": True, "sources": sources, "out_dir": str(tmp_path), "cache_dir": str(tmp_path / "cache"),
                   "mine": {"encoder": str(tiny_encoder)}})
     manifest = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
     stages = manifest["stages"]
-    assert list(stages) == ["ingest", "dedup", "filter", "mine"]
+    assert list(stages) == ["ingest", "filter", "dedup", "mine"]
     for source in sources:
-        ingest, dedup, filtered, mined = (stages[s]["sources"][source] for s in ("ingest", "dedup", "filter", "mine"))
-        assert dedup["read"] == ingest["kept"] and filtered["read"] == dedup["kept"] and mined["read"] == filtered["kept"]
-        for counts in (dedup, filtered, mined):
+        ingest, filtered, dedup, mined = (stages[s]["sources"][source] for s in ("ingest", "filter", "dedup", "mine"))
+        assert filtered["read"] == ingest["kept"] and dedup["read"] == filtered["kept"] and mined["read"] == dedup["kept"]
+        for counts in (filtered, dedup, mined):
             assert counts["read"] == counts["kept"] + sum(counts["dropped"].values())
             assert pq.read_metadata(counts["kept_path"]).num_rows == counts["kept"]
             assert pq.read_metadata(counts["dropped_path"]).num_rows == sum(counts["dropped"].values())
-    lcqmc_test = pq.read_table(tmp_path / "ingest" / "lcqmc.parquet").filter(pc.field("split") == "test").num_rows
+    # Dedup reads what the filters kept: the evaluation rows it drops are those the filters left.
+    lcqmc_test = pq.read_table(tmp_path / "filter" / "lcqmc.parquet").filter(pc.field("split") == "test").num_rows
     assert lcqmc_test > 0 and stages["dedup"]["sources"]["lcqmc"]["dropped"]["eval_split"] == lcqmc_test
     assert stages["filter"]["sources"]["SimCLUE"]["dropped"] == {"query_in_positive": 1}
     assert manifest["params"]["dedup"]["on"] == "pair" and manifest["params"]["dedup"]["minhash"]["threshold"] == 0.8
@@ -139,7 +140,8 @@ def test_cli_dedup_and_filter_options_reach_the_build(prefect_server, tmp_path):
                     if r["label"] == 1 and r["sentence1"] and r["sentence2"])
     eval_file.write_text(positive["sentence1"] + "\n", encoding="utf-8")
     thresholds = tmp_path / "filters.yaml"
-    thresholds.write_text("s2s_query_min_chars: 100\n", encoding="utf-8")
+    # Queries shorter than the evaluation text's go (too_short) before dedup, which then finds the evaluation text.
+    thresholds.write_text(f"s2s_query_min_chars: {len(positive['sentence1'])}\n", encoding="utf-8")
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["build", "--samples", "-s", "lcqmc", "--out", str(out), "--dedup-on", "query",
                                       "--keep-eval-splits", "--decontaminate", str(eval_file), "--no-near",
@@ -150,7 +152,7 @@ def test_cli_dedup_and_filter_options_reach_the_build(prefect_server, tmp_path):
     assert "eval_split" not in dedup["dropped"] and dedup["dropped"]["eval_overlap"] >= 1
     assert manifest["params"]["dedup"]["on"] == "query" and not manifest["params"]["dedup"]["near"]
     filtered = manifest["stages"]["filter"]["sources"]["lcqmc"]
-    assert filtered["kept"] == 0 and filtered["dropped"] == {"too_short": filtered["read"]}
+    assert filtered["dropped"]["too_short"] >= 1 and dedup["read"] == filtered["kept"] > 0
     bad = CliRunner().invoke(app, ["build", "--samples", "--dedup-on", "passage"])
     assert bad.exit_code == 2 and bad.output == "error: --dedup-on: Input should be 'pair', 'query' or 'query-s2p'\n"
 

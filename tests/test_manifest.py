@@ -91,6 +91,24 @@ def test_a_broken_accounting_identity_writes_no_manifest(tmp_path):
     assert not (tmp_path / MANIFEST_NAME).exists()
 
 
+def test_each_stage_must_read_what_the_stage_before_it_kept_in_the_order_they_ran(tmp_path):
+    chained = {"ingest": [counts("ingest", "a", 5, {"empty_text": 1}), counts("ingest", "b", 2, {})],
+               "filter": [counts("filter", "a", 4, {"mojibake": 1}), counts("filter", "b", 2, {})],
+               "dedup": [counts("dedup", "a", 3, {"exact_duplicate": 1}), counts("dedup", "b", 1, {"eval_split": 1})]}
+    write_manifest(tmp_path, PARAMS, {}, chained)
+    assert list(Manifest.read(tmp_path).stages) == ["ingest", "filter", "dedup"]  # in the order they ran
+    swapped = {name: chained[name] for name in ("ingest", "dedup", "filter")}  # dedup read 4 = filter's kept, not 5
+    with pytest.raises(AccountingError, match="dedup/a: read 4 rows but ingest, the stage before it, kept 5"):
+        write_manifest(tmp_path / "swapped", PARAMS, {}, swapped)
+    lost = {"ingest": chained["ingest"][:1], "filter": chained["filter"]}
+    with pytest.raises(AccountingError, match="filter/b: read 2 rows of a source that ingest, the stage before it, "
+                                              "did not output"):
+        write_manifest(tmp_path / "lost", PARAMS, {}, lost)
+    failed = {"ingest": chained["ingest"], "filter": chained["filter"][:1], "dedup": chained["dedup"][:1]}
+    write_manifest(tmp_path / "failed", PARAMS, {}, failed)  # b left the build at the filter: the chain holds
+    assert not (tmp_path / "swapped" / MANIFEST_NAME).exists() and not (tmp_path / "lost" / MANIFEST_NAME).exists()
+
+
 def test_a_missing_manifest_says_to_build_first(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"manifest.json not found: build first \(m3e-hq build\)"):
         Manifest.read(tmp_path)

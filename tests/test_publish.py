@@ -35,7 +35,7 @@ from m3e_hq.schemas import ManifestError
 from m3e_hq.sources.catalog import Catalog
 
 SHARD_ROWS = 500
-STAGE = {M3E_HQ: "filter", WITH_SCORE: "mine"}
+STAGE = {M3E_HQ: "dedup", WITH_SCORE: "mine"}
 FLAG_KEYS = {"query", "pos", "neg", "pos_scores", "neg_scores", "prompt", "type"}
 UNIEM_KEYS = {"sentence1", "sentence2", "label"}
 
@@ -336,7 +336,7 @@ def test_shards_are_bounded_and_numbered(published):
 
 def test_a_build_whose_files_disagree_with_its_manifest_is_refused(build_dir, catalog, tmp_path):
     copy = tmp_path / "build"
-    shutil.copytree(build_dir, copy, ignore=shutil.ignore_patterns("cache", "ingest", "dedup"))
+    shutil.copytree(build_dir, copy, ignore=shutil.ignore_patterns("cache", "ingest", "filter"))
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["stages"]["mine"]["sources"]["BQ"]["kept"] += 1
     (copy / "manifest.json").write_text(json.dumps(manifest))

@@ -28,7 +28,7 @@ from m3e_hq.flows.pipeline.build import (
 from m3e_hq.flows.pipeline.params import BuildParams
 from m3e_hq.flows.stages.mine import MineParams, encode_jobs, encode_shard, mine_sources
 
-STAGES = ("ingest", "dedup", "filter", "mine", "m3e-hq", "m3e-hq-with-score")
+STAGES = ("ingest", "filter", "dedup", "mine", "m3e-hq", "m3e-hq-with-score")
 # Every adapter and native format (Parquet, JSON Lines, gzip, JSON, GBK JSON, CSV, SQuAD, NL2SQL), the text
 # transforms, an evaluation split and a filtered pair, in less time than all 29 sources take on Ray.
 SOURCES = ["cmrc2018", "alpaca_gpt4", "hc3_chinese", "lcqmc", "wiki_atomic_edit", "csl", "miracl-corpus", "lawzhidao",
@@ -100,7 +100,7 @@ def test_the_cli_gives_ray_workers_its_one_prefect_server(prefect_server):
 
 @pytest.mark.parametrize("pool", ["source", "all"])
 def test_encode_shards_fill_the_cache_that_mining_reads(samples_build, catalog, tiny_encoder, tmp_path, pool):
-    inputs = StageResult(samples_build["stages"]["filter"]).outputs
+    inputs = StageResult(samples_build["stages"]["dedup"]).outputs
     params = MineParams(encoder=str(tiny_encoder), encode_shards=3, pool=pool, query_prompt="查询：")
     shards = [encode_shard(inputs, params, catalog, tmp_path / "cache", shard) for shard in range(3)]
     assert all(s["texts"] == s["encoded"] > 0 and s["cached"] == 0 for s in shards)

@@ -1,5 +1,6 @@
 """The stage machinery (flows.core.stage): units by scope, the runner chaining stages, isolated failures, the
-keep/drop loop's accounting and locators, and a new stage added as one object in the list."""
+keep/drop loop's accounting and locators, a new stage added as one object in the list, and the pipeline's order
+(the quality filters before dedup, so that a defective copy never wins a duplicate cluster)."""
 
 import itertools
 import re
@@ -13,8 +14,10 @@ from pydantic import BaseModel
 from test_dedup import rows_of
 
 from m3e_hq.flows.core.accounting import OutputError, parquet_batches
+from m3e_hq.flows.core.manifest import check_chain
 from m3e_hq.flows.core.stage import (
     Context,
+    InProcess,
     Reason,
     Scope,
     Stage,
@@ -26,8 +29,13 @@ from m3e_hq.flows.core.stage import (
 from m3e_hq.flows.pipeline.build import STAGES, Intake, context
 from m3e_hq.flows.pipeline.download import obtain_sources
 from m3e_hq.flows.pipeline.params import BuildParams
+from m3e_hq.flows.stages.dedup import DEDUP
+from m3e_hq.flows.stages.filters import FILTER
+from m3e_hq.flows.stages.ingest import INGEST
 from m3e_hq.flows.stages.mine import MINE
-from m3e_hq.schemas import M3E_HQ_SCHEMA
+from m3e_hq.flows.stages.publish import M3E_HQ, STAGE_DIRS, WITH_SCORE
+from m3e_hq.flows.stages.publish import STAGES as PUBLISHED_STAGES
+from m3e_hq.schemas import M3E_HQ_SCHEMA, row_id
 from m3e_hq.sources.catalog import default_catalog
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -118,7 +126,7 @@ def test_the_stage_list_runs_in_process_like_the_build(tmp_path, catalog):
     intake = Intake.of(obtain_sources(params))
     cpu = [stage for stage in STAGES if stage is not MINE]
     run = run_stages(cpu, intake.files, params, context(params))
-    assert list(run.results) == ["ingest", "dedup", "filter"] and run.failed == {}
+    assert list(run.results) == ["ingest", "filter", "dedup"] and run.failed == {}
     for before, after in itertools.pairwise(cpu):
         reads = {c.source: c.read for c in run.results[after.name].counts}
         assert reads == {c.source: c.kept for c in run.results[before.name].counts}, after.name
@@ -130,3 +138,69 @@ def test_every_stage_reason_is_a_row_of_the_readme():
     documented = {code for row in rows for code in re.findall(r"`(\w+)`", row)}
     missing = [f"{stage.name}: {reason}" for stage in STAGES for reason in stage.reasons if reason not in documented]
     assert missing == [] and all(reason.description for stage in STAGES for reason in stage.reasons)
+
+
+# Two clean SimCLUE pairs, each with a copy of the same dedup key that a filter drops: one U+FFFD inside the query
+# (mojibake), 600 trailing 。 on the positive (too long: 608 characters > 512).
+CLEAN = [("我听了并不惊奇。", "我听了并不吃惊。"), ("伟大的人是如何倒下的！", "最有权势的人失败了！")]
+DEFECTIVE = [("我听了并不\ufffd惊奇。", "我听了并不吃惊。"), ("伟大的人是如何倒下的！", "最有权势的人失败了！" + "。" * 600)]
+WHY = ["mojibake", "too_long"]
+
+
+def twins_first(source: str) -> list[dict]:
+    """Each clean pair and its defective twin as rows of `source`, the twin with the smaller id, so that dedup's
+    survivor rule (commercial use, quality, catalog position, then id) prefers the twin."""
+    rows = []
+    for k, (clean, defective) in enumerate(zip(CLEAN, DEFECTIVE, strict=True)):
+        clean_id = row_id(source, "train", f"clean-{k}", *clean)
+        n = next(n for n in itertools.count() if row_id(source, "train", f"twin-{k}-{n}", *defective) < clean_id)
+        rows += [{"id": row_id(source, "train", f"twin-{k}-{n}", *defective), "text": defective[0],
+                  "text_pos": defective[1]}, {"id": clean_id, "text": clean[0], "text_pos": clean[1]}]
+    rows.append({"id": row_id(source, "train", "other", "你叫什么名字", "怎么称呼你"), "text": "你叫什么名字",
+                 "text_pos": "怎么称呼你"})
+    template = rows_of(default_catalog(), source, [("", "")])[0]
+    return [{**template, **row} for row in rows]
+
+
+def test_the_filters_run_before_dedup_so_a_defective_twin_never_wins_over_the_clean_pair(tmp_path, catalog):
+    names = tuple(stage.name for stage in STAGES)
+    assert names == ("ingest", "filter", "dedup", "mine")
+    # Publish follows: m3e-hq is the last curation stage's rows, its cards list the stages in the order they ran.
+    assert STAGE_DIRS[M3E_HQ] == DEDUP.name and PUBLISHED_STAGES == {M3E_HQ: names[:-1], WITH_SCORE: names}
+    rows = twins_first("SimCLUE")
+    ingested = tmp_path / "build" / "ingest" / "SimCLUE.parquet"  # stands in for the ingest stage's output
+    ingested.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=M3E_HQ_SCHEMA), ingested)
+    by_id = {r["id"]: r for r in rows}
+    clean_ids = [r["id"] for r in rows if (r["text"], r["text_pos"]) in CLEAN]
+    twin_ids = [r["id"] for r in rows if (r["text"], r["text_pos"]) in DEFECTIVE]
+
+    # Dedup on its own keeps each twin (it ranks first) and drops the clean pair: what the old order lost.
+    alone = run_stages([DEDUP], {"SimCLUE": ingested}, BuildParams(), Context(tmp_path / "alone", catalog,
+                                                                              tmp_path / "cache"), InProcess())
+    kept_alone = pq.read_table(alone.results["dedup"].outputs["SimCLUE"])["id"].to_pylist()
+    assert set(twin_ids) <= set(kept_alone) and not set(clean_ids) & set(kept_alone)
+
+    # The pipeline's own order: the filters drop the twins, dedup never sees them, the clean pairs are m3e-hq.
+    curation = [stage for stage in STAGES if stage not in (INGEST, MINE)]
+    build = tmp_path / "build"
+    run = run_stages(curation, {"SimCLUE": ingested}, BuildParams(), Context(build, catalog, tmp_path / "cache"),
+                     InProcess())
+    published = pq.read_table(build / STAGE_DIRS[M3E_HQ] / "SimCLUE.parquet").to_pylist()
+    assert sorted(r["id"] for r in published) == sorted(clean_ids + [rows[-1]["id"]])
+    assert all(by_id[r["id"]]["text_pos"] == r["text_pos"] for r in published)
+    filtered = pq.read_table(build / FILTER.name / "dropped" / "SimCLUE.parquet").to_pylist()
+    assert {r["id"]: r["reason"] for r in filtered} == dict(zip(twin_ids, WHY, strict=True))
+    assert all(r["locator"].startswith("ingest/SimCLUE.parquet#") for r in filtered)
+    deduped = pq.read_table(build / DEDUP.name / "dropped" / "SimCLUE.parquet").to_pylist()
+    assert not {r["id"] for r in deduped} & set(twin_ids + clean_ids)
+
+    # The accounting: per stage rows read = rows kept + dropped by reason, and each stage read what the one before
+    # kept.
+    counts = {name: {c.source: c for c in result.counts} for name, result in run.results.items()}
+    f, d = counts["filter"]["SimCLUE"], counts["dedup"]["SimCLUE"]
+    assert (f.read, f.kept, f.dropped) == (5, 3, {"mojibake": 1, "too_long": 1})
+    assert (d.read, d.kept, d.dropped) == (f.kept, 3, {})
+    for c in (f, d):
+        c.check()
+    check_chain({name: result.counts for name, result in run.results.items()})

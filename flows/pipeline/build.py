@@ -1,7 +1,11 @@
 """The `build-m3e-hq` Prefect flow: a thin shell that runs the list of stages.
 
-    obtain (per source) ─► STAGES: ingest (per source) ─► dedup (all sources) ─► filter (per source)
+    obtain (per source) ─► STAGES: ingest (per source) ─► filter (per source) ─► dedup (all sources)
                                    ─► mine (per source, or all with mine.pool="all") ─► manifest ─► publish
+
+The filters run before dedup, so that a copy the filters drop (a U+FFFD in a side, a side too long) never wins a
+duplicate cluster over a copy they keep: dedup chooses its survivors among the rows the filters kept, and its kept
+rows are m3e-hq.
 
 `STAGES` is the pipeline; `flows.core.stage.run_stages` runs it, each stage's kept files the next one's inputs:
 `build_sources` in this process (no Prefect), the flow with every unit of work a cached Prefect task
@@ -13,7 +17,7 @@ find every embedding cached. The tasks run on 4 threads (the decorator's default
 `build_m3e_hq.with_options(task_runner=task_runner("ray", address))`, on Ray (prefect-ray), where the encode shards
 and the mine tasks ask for one GPU each when the models run on CUDA.
 
-Resuming: in the flow, each unit of work (the ingest of one source's files, dedup, the filter of one source, an
+Resuming: in the flow, each unit of work (the ingest of one source's files, the filter of one source, dedup, an
 encode shard, the mining of one source) is a task cached on its inputs, the size and modification time of every file
 it reads, and the source of its stage's module, its result (paths and counts) kept in `<build_dir>/.prefect-results/`.
 A run after a failure starts again at the failed unit; a changed input, parameter or stage module runs that unit
@@ -69,7 +73,7 @@ from m3e_hq.sources.readers import SourceFile
 FLOW_NAME = "build-m3e-hq"
 RESULTS_DIR = ".prefect-results"  # in the build folder: the stages' cached results
 # The pipeline: adding a stage is one module exporting a Stage and one entry here.
-STAGES: list[Stage] = [INGEST, DEDUP, FILTER, MINE]
+STAGES: list[Stage] = [INGEST, FILTER, DEDUP, MINE]
 
 R = TypeVar("R")
 Stamp = tuple[str, int, int]  # a file's path, size in bytes and modification time in ns
@@ -181,11 +185,11 @@ def finish(params: BuildParams, results: list[SourceResult], run: PipelineRun) -
 def release(params: BuildParams, summary: dict[str, Any]) -> dict[str, Any]:
     """Publish m3e-hq and m3e-hq-with-score into the build folder (and to the Hub when asked); the summary with the
     published folders (and commit URLs)."""
-    kept = {stage: sum(c.kept for c in summary["stages"][stage]) for stage in (FILTER.name, MINE.name)}
+    kept = {stage: sum(c.kept for c in summary["stages"][stage]) for stage in (DEDUP.name, MINE.name)}
     if not all(kept.values()):
-        return {**summary, "published": {"folders": {}, "skipped": f"nothing to publish: {kept[FILTER.name]} rows "
-                                                                   f"left after the filters, {kept[MINE.name]} after "
-                                                                   "mining"}}
+        return {**summary, "published": {"folders": {}, "skipped": f"nothing to publish: {kept[DEDUP.name]} rows "
+                                                                   f"left after the filters and dedup, "
+                                                                   f"{kept[MINE.name]} after mining"}}
     result = publish(params.build_dir, params.build_dir, params.publish, default_catalog())
     published = {"folders": {"m3e-hq": str(result.m3e_hq.folder), "m3e-hq-with-score": str(result.with_score.folder)}}
     if params.push_to_hub:
@@ -396,7 +400,7 @@ def model_tasks(stage: Stage, params: Any) -> AbstractContextManager[Any]:
 def build_m3e_hq(params: BuildParams | None = None) -> dict[str, Any]:
     """Build m3e-hq and m3e-hq-with-score as `params` says (None: the defaults, every source downloaded and built
     into data/build/full/): obtain each selected source (download, cache, manual folder or samples), ingest each one,
-    dedup them together, filter each, mine negatives and teacher scores, write the manifest, publish both datasets
+    filter each, dedup them together, mine negatives and teacher scores, write the manifest, publish both datasets
     (only commercial-use sources with publish.commercial_only) and the counts as Prefect artifacts. A deployment run
     takes `params` as JSON, checked against BuildParams' schema when the run is created."""
     params = BuildParams() if params is None else params

@@ -1,6 +1,6 @@
 """Dedup stage: evaluation data out, then exact and near-duplicate pairs, within and across all sources.
 
-Reads every source's ingest output (duplicates cross sources) a batch at a time, decides keep or drop for each row,
+Reads every source's filter output (duplicates cross sources) a batch at a time, decides keep or drop for each row,
 and writes per source `<build>/dedup/<source>.parquet` (kept) and `dedup/dropped/<source>.parquet` (reason, the
 m3e-hq row as JSON, and for a duplicate the id of the row kept instead). No stage data is held as Python objects per
 row: the normalised keys go to a temporary Parquet file that MinHash reads in batches, and the decisions are made on

@@ -238,8 +238,8 @@ def reasons(table: pa.Table, params: FilterParams,
 
 
 def filter_source(name: str, path: Path, out_dir: Path, params: FilterParams) -> StageCounts:
-    """The filter stage for one source: its dedup output `path` into `out_dir/filter/`, each pair kept or dropped
-    with the first reason that applies."""
+    """The filter stage for one source: its ingest output `path` into `out_dir/filter/` (dedup's input), each pair
+    kept or dropped with the first reason that applies."""
     tables = (pa.Table.from_batches([batch]) for batch in parquet_batches(path, BATCH_ROWS))
     return sift(tables, lambda table, _offset: Verdicts(reasons(table, params)), out_dir / STAGE, STAGE, name,
                 M3E_HQ_SCHEMA, f"{path.parent.name}/{path.name}")

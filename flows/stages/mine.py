@@ -108,9 +108,11 @@ class _Pool:
 
 @dataclass
 class _Rows:
-    """The rows of some filter outputs, source after source in catalog order."""
+    """The rows of some m3e-hq stage outputs (the mine stage's input files), source after source in catalog
+    order."""
 
     names: list[str]
+    paths: dict[str, Path]  # the input file each source's rows were read from
     tables: dict[str, pa.Table]
     queries: list[str]
     positives: list[str]
@@ -120,7 +122,7 @@ class _Rows:
     def read(cls, inputs: dict[str, Path], catalog: Catalog) -> "_Rows":
         names = [n for n in catalog.names if n in inputs]
         tables = {n: pq.read_table(inputs[n]) for n in names}
-        return cls(names, tables, [q for n in names for q in tables[n]["text"].to_pylist()],
+        return cls(names, {n: inputs[n] for n in names}, tables, [q for n in names for q in tables[n]["text"].to_pylist()],
                    [p for n in names for p in tables[n]["text_pos"].to_pylist()],
                    [i for n in names for i in tables[n]["id"].to_pylist()])
 
@@ -172,7 +174,7 @@ def encode_shard(inputs: dict[str, Path], params: MineParams, catalog: Catalog, 
 
 def mine_sources(inputs: dict[str, Path], out_dir: Path, params: MineParams, catalog: Catalog,
                  cache_dir: Path | None = None) -> StageResult:
-    """Mine the filter outputs `inputs` (source -> Parquet) into `out_dir/mine/` in the m3e-hq-with-score schema.
+    """Mine the m3e-hq rows `inputs` (source -> Parquet, the previous stage's kept rows) into `out_dir/mine/` in the m3e-hq-with-score schema.
 
     One group of sources at a time (`groups`: a source; all sources with pool="all"), each written before the next
     is read, so that memory holds one pool's rows and embeddings, not the build's."""
@@ -245,7 +247,7 @@ def _mine_group(data: _Rows, out_dir: Path, params: MineParams, cache_dir: Path 
     names, tables, queries, positives = data.names, data.tables, data.queries, data.positives
     stats = _settings(params)
     if not queries:
-        return StageResult([_write(n, tables[n], out_dir, {}, {}) for n in names], stats)
+        return StageResult([_write(n, tables[n], data.paths[n], out_dir, {}, {}) for n in names], stats)
     start = time.perf_counter()
     model = models.encoder()
     embedded_queries = encode(model, queries, params.query_prompt, params.batch_size, cache_dir, params.encoder,
@@ -268,7 +270,7 @@ def _mine_group(data: _Rows, out_dir: Path, params: MineParams, cache_dir: Path 
     for n, lo, hi in zip(names, offsets[:-1], offsets[1:], strict=True):
         source_kept = {i - lo: v for i, v in kept.items() if lo <= i < hi}
         source_dropped = {i - lo: v for i, v in dropped.items() if lo <= i < hi}
-        counts.append(_write(n, tables[n], out_dir, source_kept, source_dropped, scored["teacher"],
+        counts.append(_write(n, tables[n], data.paths[n], out_dir, source_kept, source_dropped, scored["teacher"],
                              scored["scale"]))
     return StageResult(counts, stats)
 
@@ -363,9 +365,10 @@ def _distribution(parts: list[np.ndarray]) -> dict[str, float | int]:
             **{f"p{q}": round(float(v), 4) for q, v in zip((5, 25, 50, 75, 95), quantiles, strict=True)}}
 
 
-def _write(name: str, table: pa.Table, out_dir: Path, kept: dict[int, dict], dropped: dict[int, tuple[str, str]],
-           teacher: str = "", scale: str = "") -> StageCounts:
-    """Write one source's m3e-hq-with-score rows and its dropped rows."""
+def _write(name: str, table: pa.Table, path: Path, out_dir: Path, kept: dict[int, dict],
+           dropped: dict[int, tuple[str, str]], teacher: str = "", scale: str = "") -> StageCounts:
+    """Write one source's m3e-hq-with-score rows and its dropped rows; `table` holds the rows of the stage's input
+    file `path`, which the dropped rows' locators name."""
     rows = sorted(kept)
     extra = [kept[r] for r in rows]
     scored = (table.take(pa.array(rows, pa.int64()))
@@ -377,7 +380,7 @@ def _write(name: str, table: pa.Table, out_dir: Path, kept: dict[int, dict], dro
     verdicts = Verdicts([dropped[i][0] if i in dropped else None for i in range(table.num_rows)],
                         {i: why[1] for i, why in dropped.items()}, kept=scored)
     return sift([table], lambda _table, _offset: verdicts, out_dir / STAGE, STAGE, name, M3E_HQ_WITH_SCORE_SCHEMA,
-                f"filter/{name}.parquet")
+                f"{path.parent.name}/{path.name}")
 
 
 def run(inputs: dict[str, Path], params: MineParams, context: Context) -> StageResult:

@@ -1,7 +1,9 @@
 """Publish a build as two Hugging Face dataset folders, m3e-hq and m3e-hq-with-score.
 
-    <build>/filter/<source>.parquet ─► <out>/m3e-hq/             data/<source>/, README.md, plots/, SHA256SUMS
-    <build>/mine/<source>.parquet   ─► <out>/m3e-hq-with-score/  the same, data/triplets/, data/scored-pairs/, exports/
+    <build>/dedup/<source>.parquet ─► <out>/m3e-hq/             data/<source>/, README.md, plots/, SHA256SUMS
+    <build>/mine/<source>.parquet  ─► <out>/m3e-hq-with-score/  the same, data/triplets/, data/scored-pairs/, exports/
+
+m3e-hq is the rows of the last curation stage, dedup (the filters run before it); m3e-hq-with-score the mine stage's.
 
 Each source's rows are written once, as bounded shards `data/<source>/train-NNNNN-of-NNNNN.parquet`; the card's
 `configs:` point `default` (every source), `commercial` (sources whose licence allows commercial use) and one config
@@ -36,8 +38,9 @@ from m3e_hq.sources.catalog import Catalog, HubObtain
 M3E_HQ, WITH_SCORE = "m3e-hq", "m3e-hq-with-score"
 DEFAULT, COMMERCIAL, TRIPLETS, SCORED_PAIRS = "default", "commercial", "triplets", "scored-pairs"
 RESERVED_CONFIGS = {DEFAULT, COMMERCIAL, TRIPLETS, SCORED_PAIRS}
-STAGES = {M3E_HQ: ("ingest", "dedup", "filter"), WITH_SCORE: ("ingest", "dedup", "filter", "mine")}
-STAGE_DIRS = {M3E_HQ: "filter", WITH_SCORE: "mine"}
+# The stages each dataset's rows went through, in the build's order, and the one whose kept rows it publishes.
+STAGES = {M3E_HQ: ("ingest", "filter", "dedup"), WITH_SCORE: ("ingest", "filter", "dedup", "mine")}
+STAGE_DIRS = {M3E_HQ: STAGES[M3E_HQ][-1], WITH_SCORE: STAGES[WITH_SCORE][-1]}
 PRETTY_NAMES = {M3E_HQ: "M3E HQ", WITH_SCORE: "M3E HQ with scores"}
 SUMS_NAME = "SHA256SUMS"
 BATCH_ROWS = 10_000
@@ -238,7 +241,7 @@ def publish(build_dir: Path, out_dir: Path, params: PublishParams, catalog: Cata
 
 
 def read_manifest(build_dir: Path) -> Manifest:
-    """The build's manifest; it must hold the filter and mine stages."""
+    """The build's manifest; it must hold the stages whose rows are published (dedup and mine)."""
     manifest = Manifest.read(build_dir)
     missing = [stage for stage in STAGE_DIRS.values() if stage not in manifest.stages]
     if missing:
@@ -247,8 +250,8 @@ def read_manifest(build_dir: Path) -> Manifest:
 
 
 def plan_sources(manifest: Manifest, catalog: Catalog, params: PublishParams) -> tuple[list[str], dict[str, str]]:
-    """The sources the build filtered, in catalog order, and those left out (commercial_only) with why."""
-    built = set(manifest.stages["filter"].sources)
+    """The sources m3e-hq's stage (dedup) saw, in catalog order, and those left out (commercial_only) with why."""
+    built = set(manifest.stages[STAGE_DIRS[M3E_HQ]].sources)
     unknown = sorted(built - set(catalog.names))
     if unknown:
         raise ValueError(f"the build holds sources the catalog does not know: {unknown}")
@@ -613,8 +616,9 @@ def intro(facts: Facts, manifest: Manifest, params: PublishParams) -> str:
                  f"score shares that scale, so scores compare across queries, as CoSENT expects.")
     else:
         about = ("Chinese text pairs (`text`, `text_pos`) from the public sources of the M3E dataset table, cleaned: "
-                 "ingested and normalised, deduplicated across sources (exact and MinHash near-duplicates; the "
-                 "splits C-MTEB evaluates on left out) and quality-filtered. Every row carries its source's domain, "
+                 "ingested and normalised, quality-filtered, then deduplicated across sources (exact and MinHash "
+                 "near-duplicates, the survivor of each chosen among the rows the filters kept; the splits C-MTEB "
+                 "evaluates on left out). Every row carries its source's domain, "
                  "task type, prompt, homogeneity (s2s / s2p), licence and commercial-use flag.")
     built = (f"Built by the m3e-hq builder on {manifest.created} from the source catalog "
              f"with sha256 `{manifest.catalog_sha256}`.")
@@ -705,10 +709,12 @@ def filters_section(manifest: Manifest, dataset: str) -> str:
     totals = [(stage, f"{s.totals.read:,}", f"{s.totals.kept:,}",
                ", ".join(f"{r} {n:,}" for r, n in s.totals.dropped.items()) or "—")
               for stage, s in manifest.stages.items() if stage in STAGES[dataset]]
-    return "\n\n".join(["## Filters and thresholds", "Rows of the whole build by stage:",
+    order = ("Rows of the whole build by stage, in the order the stages ran: the quality filters before dedup, so "
+             "that a duplicate's survivor is always a row the filters kept.")
+    return "\n\n".join(["## Filters and thresholds", order,
                          table(["stage", "read", "kept", "dropped by reason"], totals),
-                         "### Dedup", settings_table(dedup, {"workers"}),
-                         "### Quality filters", settings_table(manifest.settings("filters"))])
+                         "### Quality filters", settings_table(manifest.settings("filters")),
+                         "### Dedup", settings_table(dedup, {"workers"})])
 
 
 def mining_section(facts: Facts, manifest: Manifest) -> str:

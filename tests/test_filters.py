@@ -36,6 +36,7 @@ BAD_PAIRS = [
     ("如何办理护照", "如何办理护照？", False, "qa", FilterReason.QUERY_EQUALS_POSITIVE),
     ("我也不知道为什么", "我也不知道为什么啊", True, "paraphrase", FilterReason.QUERY_IN_POSITIVE),
     ("这部电影真好看啊！", "这部电影真好看", True, "paraphrase", FilterReason.QUERY_IN_POSITIVE),
+    ("云集景附", "云集景附吗", True, "paraphrase", FilterReason.QUERY_IN_POSITIVE),  # coverage 0.80
     ("什么是机器学习", "什么是机器学习？什么是机器学习？", False, "qa", FilterReason.ANSWER_REPEATS_QUESTION),
     ("北京是中国的首都吗", "北京是中国的首都吗？是", False, "qa", FilterReason.ANSWER_REPEATS_QUESTION),
     ("文件乱码了", "这是\ufffd\ufffd的文本", False, "qa", FilterReason.MOJIBAKE),
@@ -90,9 +91,10 @@ def test_real_sample_rows_are_kept(samples_build):
                     for text, text_pos, reason in zip(table["text"].to_pylist(), table["text_pos"].to_pylist(),
                                                       reasons(table, DEFAULTS), strict=True) if reason]
     assert checked >= 180
-    # The one real row dropped: the positive is the query plus the particle 啊, a near-duplicate pair that teaches
-    # nothing (the trivial containment query_in_positive exists for).
-    assert dropped == [("SimCLUE", "我也不知道为什么", "我也不知道为什么啊", FilterReason.QUERY_IN_POSITIVE)]
+    # The real rows dropped: one side is the other plus the particle 啊, or plus 我说 ("I say"): near-duplicate
+    # pairs that teach nothing (the trivial containment query_in_positive exists for).
+    assert sorted(dropped) == [("SimCLUE", "我也不知道为什么", "我也不知道为什么啊", FilterReason.QUERY_IN_POSITIVE),
+                               ("SimCLUE", "我说保护的近义词是什么", "保护的近义词是什么？", FilterReason.QUERY_IN_POSITIVE)]
 
 
 @pytest.mark.parametrize(
@@ -127,8 +129,80 @@ def test_query_in_positive_only_for_s2s():
     query = "黑死病从何而来"
     assert pair_reason(query, PASSAGE + query, True, "paraphrase", any_containment) == FilterReason.QUERY_IN_POSITIVE
     assert pair_reason(query, query + "？" + PASSAGE, False, "mrc", any_containment) is None
-    # By default only a near-duplicate containment counts: a real paraphrase that drops a few words is kept.
-    assert pair_reason("肾亏吃什么会好", "肾亏吃什么", True, "paraphrase", DEFAULTS) is None
+    # By default only a near-duplicate containment counts: a real pair whose longer side adds words is kept.
+    assert pair_reason("狗为什么怕水", "狗为什么怕水不怕雨", True, "paraphrase", DEFAULTS) is None
+
+
+# Real SimCLUE positive pairs (../shared/data/real/simclue/) whose one side is the other plus one or two letters or
+# digits, before, after or on both sides of it: coverage under 0.85, dropped for the characters they add.
+SHORT_PLUS_TWO = [
+    ("你看一下", "那你看一下"),  # 4 + 1: coverage 0.80
+    ("工作很轻松", "我的工作很轻松"),  # 5 + 2: 0.71
+    ("肾亏吃什么会好", "肾亏吃什么"),  # 5 + 2, after
+    ("我肚子好痛啊", "肚子好痛"),  # 4 + 1 before, 1 after
+    ("大长脸适合什么发型啊", "长脸适合什么发型"),  # 8 + 2: 0.80
+    ("然后用红笔把它划掉。", "用红笔把它划掉。"),  # 7 + 2: 0.78
+    ("root软件", "给个root软件"),  # Latin letters count one each
+]
+# Real SimCLUE / OCNLI positive pairs whose one side contains the other and adds three characters or more: what
+# they add is content (a second question, a condition, a subject), so they stay.
+CONTAINED_BUT_KEPT = [
+    ("狗为什么怕水", "狗为什么怕水不怕雨"),
+    ("丸美眼霜效果怎么样", "丸美眼霜效果怎么样多少钱"),
+    ("羊口疮怎么治疗？", "羊得了羊口疮怎么治疗？"),
+    ("办法的反义词", "办法的反义词是什么"),
+    ("没关系，你可以从那里开始", "你可以从那里开始"),
+    ("鱼香肉丝味道怎么样", "鱼香肉丝"),
+    ("21.5米,咱们宋代去高丽的船有多少", "咱们宋代去高丽的船有多少"),  # OCNLI entailment
+]
+
+
+def contained(text: str, text_pos: str) -> tuple[str, str]:
+    """The shorter and the longer normalised side, after checking that the one is inside the other."""
+    short, long = sorted((normalize(text), normalize(text_pos)), key=len)
+    assert short in long and short != long
+    return short, long
+
+
+def test_a_short_side_plus_one_or_two_characters_is_query_in_positive():
+    assert DEFAULTS.query_in_positive_max_extra_chars == 2
+    assert pair_reason("云集景附", "云集景附吗", True, "paraphrase", DEFAULTS) == FilterReason.QUERY_IN_POSITIVE
+    for text, text_pos in SHORT_PLUS_TWO:
+        short, long = contained(text, text_pos)
+        assert len(long) - len(short) <= 2 and len(short) < 0.85 * len(long), (text, text_pos)
+        assert pair_reason(text, text_pos, True, "paraphrase", DEFAULTS) == FilterReason.QUERY_IN_POSITIVE
+        assert pair_reason(text_pos, text, True, "paraphrase", DEFAULTS) == FilterReason.QUERY_IN_POSITIVE
+        # Coverage alone (the rule before max_extra_chars) kept them.
+        assert pair_reason(text, text_pos, True, "paraphrase", FilterParams(query_in_positive_max_extra_chars=0)) \
+            is None
+    # Characters added inside the short side are no containment: a negation changes the pair, it stays.
+    assert pair_reason("他去过北京", "他没去过北京", True, "paraphrase", DEFAULTS) is None
+    # s2p pairs have their own rule, the fewest new letters/digits an answer holding the query must add.
+    assert pair_reason("云集景附", "云集景附吗", False, "qa", DEFAULTS) == FilterReason.ANSWER_REPEATS_QUESTION
+    assert pair_reason("云集景附", "云集景附指云彩聚集", False, "qa", DEFAULTS) is None
+
+
+@pytest.mark.parametrize(("text", "text_pos"), CONTAINED_BUT_KEPT)
+def test_real_pairs_that_contain_the_other_side_and_add_three_characters_or_more_are_kept(text, text_pos):
+    short, long = contained(text, text_pos)
+    assert len(long) - len(short) >= 3
+    assert pair_reason(text, text_pos, True, "paraphrase", DEFAULTS) is None
+
+
+def test_long_sides_keep_the_coverage_rule_alone():
+    coverage_only = FilterParams(query_in_positive_max_extra_chars=0)
+    for n in range(12, 41):
+        short = VARIED[:n]
+        for extra in range(1, 11):
+            longer = VARIED[300:300 + extra // 2] + short + VARIED[400:400 + extra - extra // 2]
+            expected = FilterReason.QUERY_IN_POSITIVE if n >= 0.85 * (n + extra) else None
+            assert pair_reason(short, longer, True, "paraphrase", DEFAULTS) == expected, (n, extra)
+            assert pair_reason(short, longer, True, "paraphrase", coverage_only) == expected, (n, extra)
+    # Real SimCLUE pairs: 14 of 15 characters (0.93) go, 12 of 20 (0.60) stay.
+    assert pair_reason("我上气不接下气地打断了他的话。", "喂！我上气不接下气地打断了他的话。", True, "paraphrase",
+                       DEFAULTS) == FilterReason.QUERY_IN_POSITIVE
+    assert pair_reason("有什么软件可以下载破解版", "有什么软件可以下载破解版的游戏或修改游戏", True, "paraphrase",
+                       DEFAULTS) is None
 
 
 def test_cjk_check_skipped_for_nl2sql():
@@ -204,7 +278,10 @@ def test_reasons_needs_the_pair_columns():
         (("画蛇添足", "多此一举", True, "paraphrase"), None, {"s2s_query_min_chars": 5}),
         (("黑死病", PASSAGE, False, "mrc"), None, {"s2p_pos_max_chars": 50}),
         (("我也不知道为什么", "我也不知道为什么啊", True, "paraphrase"), FilterReason.QUERY_IN_POSITIVE,
-         {"query_in_positive_min_coverage": 0.95}),
+         {"query_in_positive_min_coverage": 0.95, "query_in_positive_max_extra_chars": 0}),
+        (("云集景附", "云集景附吗", True, "paraphrase"), FilterReason.QUERY_IN_POSITIVE,
+         {"query_in_positive_max_extra_chars": 0}),
+        (("狗为什么怕水", "狗为什么怕水不怕雨", True, "paraphrase"), None, {"query_in_positive_max_extra_chars": 3}),
         (("北京是中国的首都吗", "北京是中国的首都吗？是", False, "qa"), FilterReason.ANSWER_REPEATS_QUESTION,
          {"answer_min_new_chars": 1}),
         (("文件乱码了", "这是\ufffd\ufffd的文本", False, "qa"), FilterReason.MOJIBAKE, {"max_mojibake": 2}),

@@ -129,7 +129,7 @@ def test_flow_runs_ingest_filter_dedup_mine_and_the_counts_chain(prefect_server,
     # Dedup reads what the filters kept: the evaluation rows it drops are those the filters left.
     lcqmc_test = pq.read_table(tmp_path / "filter" / "lcqmc.parquet").filter(pc.field("split") == "test").num_rows
     assert lcqmc_test > 0 and stages["dedup"]["sources"]["lcqmc"]["dropped"]["eval_split"] == lcqmc_test
-    assert stages["filter"]["sources"]["SimCLUE"]["dropped"] == {"query_in_positive": 1}
+    assert stages["filter"]["sources"]["SimCLUE"]["dropped"] == {"query_in_positive": 2}
     assert manifest["params"]["dedup"]["on"] == "pair" and manifest["params"]["dedup"]["minhash"]["threshold"] == 0.8
     assert set(manifest["stages"]["dedup"]["stats"]) >= {"exact_duplicate_keys", "near", "duplicates_by_source"}
 

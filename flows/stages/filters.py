@@ -36,7 +36,8 @@ class FilterReason(Reason):
     TOO_SHORT = "too_short", "a side has fewer letters/digits than its bound"
     TOO_LONG = "too_long", "a side has more characters than its bound"
     QUERY_EQUALS_POSITIVE = "query_equals_positive", "both sides are equal after normalisation"
-    QUERY_IN_POSITIVE = "query_in_positive", "s2s: one side is inside the other and covers most of it"
+    QUERY_IN_POSITIVE = "query_in_positive", ("s2s: one side is inside the other and covers most of it, or the "
+                                               "other adds at most two letters/digits to it")
     ANSWER_REPEATS_QUESTION = "answer_repeats_question", "s2p: the positive holds the query and little else"
     MOJIBAKE = "mojibake", "replacement characters, 锟斤拷, UTF-8 read as Latin-1"
     MARKUP = "markup", "HTML/XML tags, entities, markdown links beyond an allowance"
@@ -100,6 +101,12 @@ class FilterParams(BaseModel):
     query_in_positive_min_coverage: float = Field(
         0.85, ge=0, le=1, description="s2s: drop a pair when one normalised side is contained in the other and "
         "covers at least this share of it (0 drops any containment)")
+    query_in_positive_max_extra_chars: int = Field(
+        2, ge=0, description="s2s: also drop a pair when one normalised side is contained in the other and the "
+        "other has at most this many letters/digits more, whatever the coverage: a short side plus a particle or a "
+        "word of one or two characters ('云集景附' / '云集景附吗' covers 0.80, '工作很轻松' / '我的工作很轻松' 0.71). "
+        "It matters only for sides under 12 characters (from 12 on, two more still cover 0.85); 3 would drop real "
+        "additions ('狗为什么怕水' / '狗为什么怕水不怕雨'). 0: coverage only")
     answer_min_new_chars: int = Field(
         3, ge=0, description="s2p: when the positive contains the query, the fewest letters/digits it must hold "
         "besides the query's")
@@ -192,7 +199,8 @@ def pair_reason(text: str, text_pos: str, homogeneous: bool, task_type: str, par
     if query_key == pos_key:
         return FilterReason.QUERY_EQUALS_POSITIVE
     if homogeneous:
-        if _near_containment(query_key, pos_key, params.query_in_positive_min_coverage):
+        if _near_containment(query_key, pos_key, params.query_in_positive_min_coverage,
+                             params.query_in_positive_max_extra_chars):
             return FilterReason.QUERY_IN_POSITIVE
     elif query_key and query_key in pos_key and len(pos_key.replace(query_key, "")) < params.answer_min_new_chars:
         return FilterReason.ANSWER_REPEATS_QUESTION
@@ -253,10 +261,12 @@ def run(inputs: dict[str, Path], params: FilterParams, context: Context) -> Stag
 FILTER = Stage(STAGE, FilterParams, attrgetter("filters"), FilterReason, run)
 
 
-def _near_containment(a: str, b: str, min_coverage: float) -> bool:
-    """Whether the shorter key is inside the longer one and covers at least `min_coverage` of it."""
+def _near_containment(a: str, b: str, min_coverage: float, max_extra: int = 0) -> bool:
+    """Whether the shorter key is inside the longer one and covers at least `min_coverage` of it, or the longer
+    one has at most `max_extra` characters more (which then stand before or after the shorter one)."""
     short, long = (a, b) if len(a) <= len(b) else (b, a)
-    return bool(short) and short in long and len(short) >= min_coverage * len(long)
+    return (bool(short) and short in long
+            and (len(short) >= min_coverage * len(long) or len(long) - len(short) <= max_extra))
 
 
 def _mojibake_count(text: str) -> int:

@@ -1,10 +1,10 @@
 """Curation quality on short Chinese pairs: planted duplicates, hard negatives, defective twins and decontamination,
-run through the real dedup and filter stages.
+run through the real filter and dedup stages.
 
     python bench/curation.py [--n 60] [--seed 13]
 
 Input: real pairs from shared/data/real. Three tiers of base pairs, each used once (no two cases share a query or a
-positive key): short (two clauses of 2-12 characters cut at punctuation from one SimCLUE/OCNLI pair), medium (SimCLUE
+positive near key): short (two clauses of 2-12 characters cut at punctuation from one SimCLUE/OCNLI pair), medium (SimCLUE
 positive pairs and OCNLI entailment pairs, s2s) and long (a cmrc2018 or Chinese-SQuAD question and its context, s2p).
 Every base pair passes the filters on its own, so a filter drop is the variant's doing. Per kind, `n` cases cycle
 through the tiers; the side that is varied is drawn at random (for a long pair, negation, number and script
@@ -13,7 +13,8 @@ changes touch the question only). Kinds:
 - duplicates (one of the two rows must be dropped): exact after normalisation (`norm_width` full-/half-width
   swapped, `norm_space` spaces, `norm_zero_width` U+200B/U+200D/U+FEFF, `norm_punct` punctuation changed), `particle`
   (吗 呢 啊 added or removed, sometimes with ？ or 。), and random-character edits `edit{1,2}_{sub,ins,del}` (1 or 2
-  characters, only on a side of at least 8 characters per edit, never a negation character, digit or numeral);
+  characters, only on a side of at least 8 letters or digits per edit, never on or with a negation character,
+  digit, numeral or particle);
 - hard negatives (both rows must survive): `same_query` (the same query with another real positive),
   `two_questions` (two real questions over one passage), `negation` (不 没 未 无 非 别 勿 inserted or removed),
   `number` (a digit or numeral changed), `script` (one side converted to traditional characters by zhconv);
@@ -24,15 +25,16 @@ changes touch the question only). Kinds:
   substituted, inserted or deleted) in the decontamination file; the row must be dropped as `eval_overlap`.
 
 The rows are written as two sources' ingest outputs (s2s as SimCLUE, s2p as cmrc2018, with their catalog tags and
-`row_id`), then `dedup_sources` (default DedupParams, `decontaminate=<eval.txt>`) and `filter_source` on dedup's
-outputs run as the pipeline does. Scoring reads `dedup/dropped/*.parquet` and `filter/dropped/*.parquet` (id, reason,
-kept_id). A duplicate case is found when one of its rows is dropped as a duplicate of the other; a wrong drop is a
+`row_id`), then `filter_source` and `dedup_sources` on the filters' outputs (default DedupParams,
+`decontaminate=<eval.txt>`) run as the pipeline does. Scoring reads `dedup/dropped/*.parquet` and `filter/dropped/*.parquet` (id, reason,
+kept_id). A duplicate case is found when one of its rows is dropped as a duplicate of the other, or by the filters
+(counted apart: the two copies are then not both published either); a wrong drop is a
 row dropped as a duplicate of a row of another case, or in a hard-negative case. Recall: found / duplicate cases;
 precision: found / (found + wrong drops). Length bucket: the length of the varied text. The issue's subset (the
 exact-normalisation cases and the one-character edits whose pair 3-gram Jaccard is at least 0.85) is scored apart.
 
-Baselines on the duplicate and hard-negative rows (the pair key, normalised as dedup does; 128 permutations, character
-3-grams, 2-grams under 10 characters): datasketch `MinHashLSH(threshold=t)` candidates, and rensa `RMinHashLSH`
+Baselines on the duplicate and hard-negative rows (the pair of near keys, as dedup's MinHash reads them; 128
+permutations, character bigrams): datasketch `MinHashLSH(threshold=t)` candidates, and rensa `RMinHashLSH`
 (32 bands) candidates confirmed by their estimated Jaccard ≥ t, each at the t of a small grid with the best F1.
 Prints tables and a last line of JSON.
 """
@@ -55,7 +57,8 @@ import zhconv
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from m3e_hq.flows.core.text import key
+from m3e_hq.flows.core.similarity import guarded
+from m3e_hq.flows.core.text import key, near_key
 from m3e_hq.flows.stages.dedup import SEPARATOR, DedupParams, DedupReason, dedup_sources
 from m3e_hq.flows.stages.filters import FilterParams, filter_source, pair_reason
 from m3e_hq.flows.stages.ingest import tags
@@ -145,7 +148,7 @@ def load_pools(rng: random.Random) -> dict[str, list[Pair]]:
 
 
 class Draw:
-    """Hands out base pairs, each query and positive key once over the whole run."""
+    """Hands out base pairs, each query and positive near key once over the whole run."""
 
     def __init__(self, pools: dict[str, list[Pair]]) -> None:
         self.pools = pools
@@ -154,16 +157,16 @@ class Draw:
     def pair(self, tier: str, ok: Callable[[Pair], bool] = lambda _: True) -> Pair | None:
         pool = self.pools[tier]
         for i, (q, p) in enumerate(pool):
-            if key(q) not in self.used and key(p) not in self.used and ok((q, p)):
+            if self.free(q) and self.free(p) and ok((q, p)):
                 self.take(q, p)
                 return pool.pop(i)
         return None
 
     def take(self, *texts: str) -> None:
-        self.used.update(key(t) for t in texts)
+        self.used.update(near_key(t) for t in texts)
 
     def free(self, text: str) -> bool:
-        return key(text) not in self.used
+        return near_key(text) not in self.used
 
 
 # --- variants ----------------------------------------------------------------------------------------------------
@@ -212,11 +215,13 @@ def particle(text: str, rng: random.Random) -> str:
 
 
 def edit(k: int, op: str, alphabet: list[str]) -> Callable[[str, random.Random], str]:
-    """`k` characters substituted, inserted or deleted at ideograph positions, with characters from `alphabet`."""
+    """`k` characters substituted, inserted or deleted at ideograph positions, with characters from `alphabet`; a
+    negation, numeral or particle is never substituted or deleted (that is a meaning edit, not a typo)."""
     def apply(text: str, rng: random.Random) -> str:
         chars = list(text)
         for _ in range(k):
-            positions = _cjk_positions("".join(chars)) or list(range(len(chars)))
+            positions = [i for i in _cjk_positions("".join(chars)) if chars[i] not in NEGATION + NUMERALS + PARTICLES]
+            positions = positions or list(range(len(chars)))
             i = rng.choice(positions)
             if op == "sub":
                 chars[i] = rng.choice([c for c in alphabet if c != chars[i]])
@@ -260,7 +265,7 @@ def ngram_jaccard(a: str, b: str, n: int = 3) -> float:
 
 
 def pair_key(q: str, p: str) -> str:
-    return f"{key(q)}{SEPARATOR}{key(p)}"
+    return f"{near_key(q)}{SEPARATOR}{near_key(p)}"
 
 
 # --- cases -------------------------------------------------------------------------------------------------------
@@ -271,7 +276,8 @@ def build_cases(n: int, seed: int) -> list[Case]:
     pools = load_pools(rng)
     draw = Draw(pools)
     freq = Counter(ch for pairs in pools.values() for q, p in pairs for ch in q + p if "\u4e00" <= ch <= "\u9fff")
-    alphabet = [ch for ch, _ in freq.most_common(2000) if ch not in NEGATION + NUMERALS + PARTICLES]
+    flags = guarded()  # typos are drawn from simplified characters that are not negations, numerals or particles
+    alphabet = [ch for ch, _ in freq.most_common(2000) if ch not in NEGATION + NUMERALS + PARTICLES and not flags[ord(ch)]]
     duplicates: dict[str, tuple[Callable, int]] = {
         "norm_width": (width, 2), "norm_space": (spaces, 2), "norm_zero_width": (zero_width, 2),
         "norm_punct": (punct, 2), "particle": (particle, 2),
@@ -284,7 +290,7 @@ def build_cases(n: int, seed: int) -> list[Case]:
     }
     cases: list[Case] = []
     for kind, (fn, min_len) in duplicates.items():
-        cases += _variant_cases(kind, "duplicate", n, draw, rng, fn, lambda t, m=min_len: len(t) >= m, "any")
+        cases += _variant_cases(kind, "duplicate", n, draw, rng, fn, lambda t, m=min_len: len(near_key(t)) >= m, "any")
     for kind, (fn, ok) in negatives.items():
         cases += _variant_cases(kind, "negative", n, draw, rng, fn, ok, "query-if-long")
     cases += _same_query(n, draw, rng) + _two_questions(n, draw, rng) + _twins(n, draw, rng)
@@ -382,8 +388,8 @@ def _decon(n: int, draw: Draw, rng: random.Random, alphabet: list[str]) -> list[
     out = []
     for kind, (fn, min_len) in edits.items():
         for tier in _tiers(n):
-            base = draw.pair(tier, lambda p, m=min_len: len(p[0]) >= m) or draw.pair(
-                "medium", lambda p, m=min_len: len(p[0]) >= m)
+            base = draw.pair(tier, lambda p, m=min_len: len(near_key(p[0])) >= m) or draw.pair(
+                "medium", lambda p, m=min_len: len(near_key(p[0])) >= m)
             if base is None:
                 continue
             op = edit(2 if kind.endswith("2") else 1, rng.choice(["sub", "ins", "del"]), alphabet)
@@ -410,9 +416,10 @@ def run_pipeline(cases: list[Case], catalog: Catalog, folder: Path) -> dict[str,
         pq.write_table(pa.Table.from_pylist(source_rows, schema=M3E_HQ_SCHEMA), inputs[source])
     eval_file = folder / "eval.txt"
     eval_file.write_text("".join(f"{c.eval_text}\n" for c in cases if c.eval_text), encoding="utf-8")
-    dedup_sources(inputs, folder, DedupParams(decontaminate=eval_file), catalog)
-    for source in inputs:
-        filter_source(source, folder / "dedup" / f"{source}.parquet", folder, FilterParams())
+    for source, path in inputs.items():
+        filter_source(source, path, folder, FilterParams())
+    dedup_sources({s: folder / "filter" / f"{s}.parquet" for s in inputs}, folder,
+                  DedupParams(decontaminate=eval_file), catalog)
     dropped: dict[str, dict[str, tuple[str, str | None]]] = {}
     for stage in ("dedup", "filter"):
         dropped[stage] = {}
@@ -431,6 +438,7 @@ class Tally:
     found: int = 0
     cases: int = 0
     wrong: int = 0
+    by_filter: int = 0  # of `found`: a copy dropped by the filters
 
     @property
     def recall(self) -> float | None:
@@ -452,18 +460,22 @@ def score(cases: list[Case], dropped: dict[str, dict[str, tuple[str, str | None]
     for case in cases:
         ids = set(case.ids)
         dup_drops = [dedup[i] for i in case.ids if i in dedup and dedup[i][0] in DUPLICATE_REASONS]
-        found = any(kept in ids for _, kept in dup_drops)
+        # A duplicate is resolved when one copy is dropped as a duplicate of the other, or by the filters (which
+        # run first: the copies are then never both published); the latter are counted apart.
+        by_filter = case.group == "duplicate" and any(i in filt for i in case.ids)
+        found = any(kept in ids for _, kept in dup_drops) or by_filter
         wrong = sum(1 for _, kept in dup_drops if kept not in ids or case.group == "negative")
         kind_t = by_kind.setdefault(case.kind, Tally())
         if case.group in ("duplicate", "negative"):
             bucket_t = by_bucket.setdefault(case.bucket, Tally())
             for t in (kind_t, bucket_t, total):
+                t.by_filter += by_filter
                 t.cases += case.group == "duplicate"
                 t.found += found and case.group == "duplicate"
                 t.wrong += wrong
             parts = ["exact"] if case.kind.startswith("norm") else []
-            if case.kind.startswith("edit1") and ngram_jaccard(pair_key(*case.rows[0]),
-                                                              pair_key(*case.rows[1])) >= 0.85:
+            exact_keys = [f"{key(q)}{SEPARATOR}{key(p)}" for q, p in case.rows]  # the issue's measure
+            if case.kind.startswith("edit1") and ngram_jaccard(*exact_keys) >= 0.85:
                 parts += ["edit1", "edit1_s2s"] if case.tier != "long" else ["edit1"]
             for part in parts:
                 issue[part].cases += 1
@@ -493,8 +505,7 @@ def score(cases: list[Case], dropped: dict[str, dict[str, tuple[str, str | None]
 # --- baselines ---------------------------------------------------------------------------------------------------
 
 def _shingles(text: str) -> list[str]:
-    n = 2 if len(text) < 10 else 3
-    return [text] if len(text) < n else [text[i:i + n] for i in range(len(text) - n + 1)]
+    return [text] if len(text) < 2 else [text[i:i + 2] for i in range(len(text) - 1)]
 
 
 def baseline_pairs(method: str, texts: list[str], threshold: float) -> set[tuple[int, int]]:
@@ -569,12 +580,12 @@ def _row_order(item: tuple[str, list[bool]]) -> tuple[int, int, str]:
 def report(cases: list[Case], s: dict, baselines: dict[str, dict], seconds: float) -> dict:
     print(f"{len(cases):,} cases, {sum(len(c.rows) for c in cases):,} rows; pipeline {seconds:.1f} s")
     print("\nduplicates: one of the two rows must be dropped")
-    print(f"{'kind':<18}{'found':>7}{'cases':>7}{'recall':>8}{'wrong':>7}{'precision':>10}")
-    for kind, t in s["by_kind"].items():
+    print(f"{'kind':<18}{'found':>7}{'filter':>7}{'cases':>7}{'recall':>8}{'wrong':>7}{'precision':>10}")
+    for kind, t in [*s["by_kind"].items(), ("all", s["total"])]:
         if t.cases:
-            print(f"{kind:<18}{t.found:>7}{t.cases:>7}{_f(t.recall):>8}{t.wrong:>7}{_f(t.precision):>10}")
-    t = s["total"]
-    print(f"{'all':<18}{t.found:>7}{t.cases:>7}{_f(t.recall):>8}{t.wrong:>7}{_f(t.precision):>10}")
+            print(f"{kind:<18}{t.found:>7}{t.by_filter:>7}{t.cases:>7}{_f(t.recall):>8}{t.wrong:>7}"
+                  f"{_f(t.precision):>10}")
+    print("(found: one copy dropped as a duplicate of the other, or by the filters: the 'filter' column)")
     ex, e1, e1s = (s["issue"][k] for k in ("exact", "edit1", "edit1_s2s"))
     both = Tally(ex.found + e1.found, ex.cases + e1.cases)
     print(f"issue's subsets: exact after normalisation {ex.found}/{ex.cases} (issue: 107/107); one-character edits "

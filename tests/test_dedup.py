@@ -237,3 +237,66 @@ def test_bad_decontamination_files_are_reported(tmp_path):
     (tmp_path / "eval.csv").write_text("a\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"use \.jsonl, \.json, \.parquet, \.txt"):
         DedupParams(decontaminate=tmp_path / "eval.csv")
+
+
+# Real pairs (SimCLUE, OCNLI, cmrc2018 and Chinese-SQuAD questions from ../shared/data/real, lightly shortened) and
+# the variants of bench/curation.py: each row is (query, positive, the row it must be dropped for, or None).
+REAL_CASES = [
+    ("新手开车上路应该注意什么", "新手开车需要注意哪些事项", None),
+    ("新手开车上路应该注意什么？", "新手开车需要注意哪些事项。", 0),  # punctuation: exact after normalisation
+    ("新手开车上路应该注意些什么", "新手开车需要注意哪些事项", 0),  # one character inserted (12 characters)
+    ("新手开车上路不应该注意什么", "新手开车需要注意哪些事项", None),  # negation
+    ("新手开车上路应该注意什么", "新手开车需要注意哪些问题", None),  # the same query, another positive
+    ("一个女人正在用蜡笔和镜子画画他们很开心", "女人在画画", None),
+    ("一个女人在用蜡笔和镜子画他们很开心", "女人在画画", 5),  # two characters deleted (19 characters)
+    ("2019年上海的常住人口是多少", "上海2019年常住人口有多少", None),
+    ("2018年上海的常住人口是多少", "上海2019年常住人口有多少", None),  # a number
+    ("哪个佛罗里达城市人口最多", "佛罗里达州人口最多的城市是哪个", None),
+    ("哪个佛罗里达城市人口最少", "佛罗里达州人口最多的城市是哪个", None),  # an antonym
+    ("要努力提高政府立法工作质量", "政府立法工作的质量要提高", None),
+    ("要努力提高政府立法工作質量", "政府立法工作的质量要提高", None),  # traditional script
+    ("云集景附", "形容人很多", None),
+    ("云集景附吗？", "形容人很多", 13),  # a clause-final particle
+    ("你好", "您好", None),
+    ("你好啊", "您好", 15),
+    ("你们好", "您好", None),  # one character in 3: no edit allowed
+]
+
+
+def test_real_short_pairs_duplicates_dropped_and_hard_negatives_kept(tmp_path, catalog):
+    pairs = [(q, p) for q, p, _ in REAL_CASES]
+    rows = rows_of(catalog, "SimCLUE", pairs)
+    passage = ("杰克逊维尔是美国佛罗里达州人口最多的城市，也是美国毗连地区最大的城市。它是杜瓦尔县的县城，"
+               "市政府于1968年与杜瓦尔县合并。")
+    questions = [("哪个佛罗里达城市人口最多？", passage), ("杰克逊维尔市政府哪一年与杜瓦尔县合并？", passage)]
+    inputs = write_ingest(tmp_path, catalog, {"SimCLUE": rows, "cmrc2018": rows_of(catalog, "cmrc2018", questions)})
+    result = dedup_sources(inputs, tmp_path, DedupParams(), catalog)
+    kept, dropped = outcome(tmp_path, "SimCLUE")
+    index = {r["id"]: i for i, r in enumerate(rows)}
+    # Which copy survives depends on the ids; which pairs are duplicates does not.
+    assert {frozenset((index[d["id"]], index[d["kept_id"]])) for d in dropped} == {
+        frozenset((i, want)) for i, (_, _, want) in enumerate(REAL_CASES) if want is not None}
+    assert {d["reason"] for d in dropped if {index[d["id"]], index[d["kept_id"]]} & {2, 6, 14, 16}} == {
+        DedupReason.NEAR_DUPLICATE}
+    assert len(kept) + len(dropped) == len(rows)  # the accounting identity
+    assert {c.source: c.kept for c in result.counts}["cmrc2018"] == 2  # two questions over one passage: two pairs
+
+
+def test_decontamination_finds_eval_texts_with_one_or_two_characters_changed(tmp_path, catalog):
+    pairs = [("一个女人正在用蜡笔和镜子画画", "女人在画画"), ("新手开车上路应该注意什么", "要注意安全"),
+             ("一个穿着橙色背心的人坐在红色摩托车上", "有人坐在摩托车上"), ("你好", "好啊"),
+             ("这个人在户外骑摩托车", "有人在骑车")]
+    eval_texts = ["一个女人正在用蜡笔和镜子话画",  # one substituted
+                  "新手开车上路应该注意什么！",  # punctuation
+                  "一个穿着橙色马甲的人坐在红色摩托车上",  # two substituted (18 characters)
+                  "您好",  # 2 characters: no edit allowed
+                  "那个人在户外骑摩托车"]  # one substituted in 10
+    path = tmp_path / "eval.txt"
+    path.write_text("\n".join(eval_texts) + "\n", encoding="utf-8")
+    inputs = write_ingest(tmp_path, catalog, {"SimCLUE": rows_of(catalog, "SimCLUE", pairs)})
+    dedup_sources(inputs, tmp_path, DedupParams(decontaminate=path), catalog)
+    kept, dropped = outcome(tmp_path, "SimCLUE")
+    assert sorted((json.loads(d["raw"])["text"], d["detail"]) for d in dropped) == sorted([
+        (pairs[0][0], "near: query"), (pairs[1][0], "exact: query"), (pairs[2][0], "near: query"),
+        (pairs[4][0], "near: query")])
+    assert [r["text"] for r in kept] == ["你好"]

@@ -1,17 +1,21 @@
-"""Near-duplicate detection with MinHash over character shingles: datasketch's MinHash, computed in one compiled loop.
+"""Near-duplicate detection: MinHash candidates over character bigrams (datasketch's MinHash, computed in one
+compiled loop), confirmed by the edit similarity of `flows.core.similarity`.
 
-    texts ─► shingles (character 3-grams; 2-grams under `short_below` characters; a text shorter than its n-gram is
-             one shingle, so no text gets an empty signature) ─► 32-bit shingle hashes
-          ─► signatures: datasketch 2.0's `affine32` scheme with datasketch's own permutation parameters for `seed`
-             (each hash pre-mixed with murmur3's finaliser, then a * h + b mod 2**32, minimum per permutation), so
-             `signatures(texts)[0][i]` equals `MinHash(num_perm, seed, scheme="affine32", hashfunc=identity)
-             .update_batch(shingle hashes of text i)`: one compiled loop (numba) over texts in parallel instead of a
-             MinHash object per text
-          ─► band keys: `bands` × `rows` = `num_perm`, one 64-bit key per band (in the same compiled loop)
-          ─► candidate pairs: texts sharing a band key, grouped with polars (streaming; from Parquet for big inputs),
-             not an in-memory LSH index
-          ─► confirmed pairs: exact Jaccard of the shingle sets ≥ `threshold`
-          ─► clusters: connected components of the confirmed pairs
+    keys ─► shingles (character bigrams at every length: no width switch, so a 9-character key and its 10-character
+            variant share 8 of 9 bigrams; a 1-character key is one shingle) ─► 32-bit shingle hashes
+         ─► signatures: datasketch 2.0's `affine32` scheme with datasketch's own permutation parameters for `seed`
+            (each hash pre-mixed with murmur3's finaliser, then a * h + b mod 2**32, minimum per permutation), so
+            `signatures(texts)[0][i]` equals `MinHash(num_perm, seed, scheme="affine32", hashfunc=identity)
+            .update_batch(shingle hashes of text i)`: one compiled loop (numba) over texts in parallel instead of a
+            MinHash object per text
+         ─► band keys: `bands` × `rows` = `num_perm` (32 × 4: a pair at bigram Jaccard 0.55, an 8-character key
+            with one character changed, is a candidate with probability 0.96; at 0.67 with 0.999), one 64-bit key per
+            band (in the same compiled loop)
+         ─► candidate pairs: texts sharing a band key, grouped with polars (streaming; from Parquet for big inputs),
+            not an in-memory LSH index
+         ─► confirmed pairs: every part (e.g. the query and the positive of a pair) a near-duplicate by
+            `flows.core.similarity` (edit similarity ≥ `threshold`, guards on negations, numbers, Latin words, script)
+         ─► clusters: connected components of the confirmed pairs
 
 Hashes are seeded and computed with fixed integer arithmetic, so the same texts give the same clusters on every
 run and machine. datasketch is pinned: 2.0 changed its default scheme, and signatures of different schemes (or of
@@ -34,6 +38,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from m3e_hq.flows.core.accounting import parquet_batches
+from m3e_hq.flows.core.similarity import codes_of, similarity
 
 U32 = np.uint32
 U64 = np.uint64
@@ -41,22 +46,23 @@ U64 = np.uint64
 
 @dataclass(frozen=True)
 class MinHashParams:
-    """The near-duplicate definition: shingling, signature size, LSH banding and the confirming Jaccard."""
+    """The near-duplicate definition: shingling, signature size, LSH banding and the confirming edit similarity."""
 
-    ngram: int = 3
-    short_ngram: int = 2
-    short_below: int = 10  # texts with fewer characters use `short_ngram`
+    ngram: int = 2  # shingle width in characters, at every length
     num_perm: int = 128
-    bands: int = 16
-    rows: int = 8
-    threshold: Annotated[float, Field(description="Jaccard of character shingles from which two keys are "
-                                      "near-duplicates", json_schema_extra={"cli": "--near-threshold"})] = 0.8
+    bands: int = 32
+    rows: int = 4
+    threshold: Annotated[float, Field(description="edit similarity (1 - edits / length) from which two keys are "
+                                      "near-duplicates: 0.875 allows no edit under 8 characters, one from 8, two "
+                                      "from 16", json_schema_extra={"cli": "--near-threshold"})] = 0.875
     seed: int = 20230601
     bucket_all_pairs_max: int = 32  # texts sharing a band key: all pairs up to this many, else the first with each
 
     def __post_init__(self) -> None:
         if self.bands * self.rows != self.num_perm:
             raise ValueError(f"bands × rows must equal num_perm: {self.bands} × {self.rows} != {self.num_perm}")
+        if not 1 <= self.ngram <= 3:
+            raise ValueError(f"ngram must be 1, 2 or 3, got {self.ngram}")
         if not 0 < self.threshold <= 1:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
 
@@ -65,20 +71,10 @@ class MinHashParams:
         return 1 - (1 - jaccard**self.rows) ** self.bands
 
 
-def _codes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """All texts' code points in one uint32 array (plus two zeros of padding), and each text's start (n + 1)."""
-    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-    codes = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=U32)
-    starts = np.zeros(len(texts) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=starts[1:])
-    return np.concatenate([codes, np.zeros(2, dtype=U32)]), starts
-
-
 @numba.njit(inline="always")
-def _shingle_count(length: int, ngram: int, short_ngram: int, short_below: int) -> tuple[int, int]:
+def _shingle_count(length: int, ngram: int) -> tuple[int, int]:
     """(number of shingles, shingle width) of a text: a text shorter than its n-gram is one shingle."""
-    width = short_ngram if length < short_below else ngram
-    width = min(width, max(length, 1))
+    width = min(ngram, max(length, 1))
     return max(length - width + 1, 1), width
 
 
@@ -90,7 +86,7 @@ def _shingle_hash(codes: np.ndarray, pos: int, width: int, empty: bool) -> np.ui
     c2 = np.uint64(codes[pos + 2]) if width >= 3 else np.uint64(0)
     mask = np.uint64(0xFFFFFFFF)
     h = (c0 * np.uint64(0x9E3779B1) + c1 * np.uint64(0x85EBCA77) + c2 * np.uint64(0xC2B2AE3D)
-         + np.uint64(empty) + np.uint64(width) * np.uint64(0x27D4EB2F)) & mask
+         + np.uint64(empty)) & mask
     h ^= h >> np.uint64(16)
     h = (h * np.uint64(0x85EBCA6B)) & mask
     h ^= h >> np.uint64(13)
@@ -100,10 +96,9 @@ def _shingle_hash(codes: np.ndarray, pos: int, width: int, empty: bool) -> np.ui
 
 
 @numba.njit(cache=True)
-def _text_shingles(codes: np.ndarray, start: int, length: int, ngram: int, short_ngram: int,
-                   short_below: int) -> np.ndarray:
+def _text_shingles(codes: np.ndarray, start: int, length: int, ngram: int) -> np.ndarray:
     """The sorted, distinct shingle hashes of one text."""
-    count, width = _shingle_count(length, ngram, short_ngram, short_below)
+    count, width = _shingle_count(length, ngram)
     out = np.empty(count, dtype=np.uint64)
     for i in range(count):
         out[i] = _shingle_hash(codes, start + i, width, length == 0)
@@ -112,9 +107,8 @@ def _text_shingles(codes: np.ndarray, start: int, length: int, ngram: int, short
 
 def shingle_sets(texts: Sequence[str], params: MinHashParams) -> list[np.ndarray]:
     """Each text's sorted, distinct shingle hashes (for inspection and tests)."""
-    codes, starts = _codes(texts)
-    return [_text_shingles(codes, starts[i], starts[i + 1] - starts[i], params.ngram, params.short_ngram,
-                           params.short_below) for i in range(len(texts))]
+    codes, starts = codes_of(texts)
+    return [_text_shingles(codes, starts[i], starts[i + 1] - starts[i], params.ngram) for i in range(len(texts))]
 
 
 def _use_threads(workers: int) -> None:
@@ -141,15 +135,15 @@ def _fmix32(h: np.uint64) -> np.uint32:
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _signature_kernel(codes: np.ndarray, starts: np.ndarray, ngram: int, short_ngram: int, short_below: int,
-                      a: np.ndarray, b: np.ndarray, rows: int, out: np.ndarray, keys: np.ndarray) -> None:
+def _signature_kernel(codes: np.ndarray, starts: np.ndarray, ngram: int, a: np.ndarray, b: np.ndarray, rows: int,
+                      out: np.ndarray, keys: np.ndarray) -> None:
     """For each text d (in parallel): out[d, k] = min over its shingle hashes h of (a[k] * fmix32(h) + b[k]) mod
     2**32 (datasketch's affine32 MinHash); keys[d, j] = a 64-bit hash of band j, out[d, j * rows:(j + 1) * rows],
     distinct per band."""
     num_perm = len(a)
     for d in numba.prange(len(starts) - 1):
         start, length = starts[d], starts[d + 1] - starts[d]
-        count, width = _shingle_count(length, ngram, short_ngram, short_below)
+        count, width = _shingle_count(length, ngram)
         row = np.full(num_perm, 0xFFFFFFFF, dtype=np.uint32)
         for i in range(count):
             h = _fmix32(_shingle_hash(codes, start + i, width, length == 0))
@@ -170,7 +164,7 @@ def signatures(texts: Sequence[str], params: MinHashParams, workers: int = 2) ->
 
     Equal band keys mean equal band rows (up to 64-bit hash collisions, which the Jaccard check removes).
     """
-    return _signatures(*_codes(texts), params, workers)
+    return _signatures(*codes_of(texts), params, workers)
 
 
 def _signatures(codes: np.ndarray, starts: np.ndarray, params: MinHashParams,
@@ -180,8 +174,7 @@ def _signatures(codes: np.ndarray, starts: np.ndarray, params: MinHashParams,
     sigs = np.empty((n, params.num_perm), dtype=U32)
     keys = np.empty((n, params.bands), dtype=U64)
     _use_threads(workers)
-    _signature_kernel(codes, starts, params.ngram, params.short_ngram, params.short_below, a, b, params.rows, sigs,
-                      keys)
+    _signature_kernel(codes, starts, params.ngram, a, b, params.rows, sigs, keys)
     return sigs, keys
 
 
@@ -227,46 +220,12 @@ def band_frame(keys: np.ndarray, offset: int = 0) -> pl.LazyFrame:
                          **{f"b{j}": keys[:, j] for j in range(bands)}})
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _jaccard_kernel(codes: np.ndarray, starts: np.ndarray, a: np.ndarray, b: np.ndarray, ngram: int,
-                    short_ngram: int, short_below: int, out: np.ndarray) -> None:
-    for k in numba.prange(len(a)):
-        x = _text_shingles(codes, starts[a[k]], starts[a[k] + 1] - starts[a[k]], ngram, short_ngram, short_below)
-        y = _text_shingles(codes, starts[b[k]], starts[b[k] + 1] - starts[b[k]], ngram, short_ngram, short_below)
-        i = j = inter = 0
-        while i < len(x) and j < len(y):
-            if x[i] == y[j]:
-                inter += 1
-                i += 1
-                j += 1
-            elif x[i] < y[j]:
-                i += 1
-            else:
-                j += 1
-        out[k] = inter / (len(x) + len(y) - inter)
-
-
-def jaccard(texts: Sequence[str], a: np.ndarray, b: np.ndarray, params: MinHashParams,
-            workers: int = 2) -> np.ndarray:
-    """Exact Jaccard similarity of the shingle sets of texts a[k] and b[k], for every k."""
-    return _jaccard(*_codes(texts), a, b, params, workers)
-
-
-def _jaccard(codes: np.ndarray, starts: np.ndarray, a: np.ndarray, b: np.ndarray, params: MinHashParams,
-             workers: int) -> np.ndarray:
-    out = np.zeros(len(a))
-    _use_threads(workers)
-    _jaccard_kernel(codes, starts, np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64), params.ngram,
-                    params.short_ngram, params.short_below, out)
-    return out
-
-
 @dataclass(frozen=True)
 class Clusters:
-    """Near-duplicate clusters: a component label per text, and the confirmed pairs with their Jaccard."""
+    """Near-duplicate clusters: a component label per text, and the confirmed pairs with their similarity."""
 
     labels: np.ndarray
-    pairs: pl.DataFrame  # a, b, jaccard (confirmed: jaccard ≥ threshold; the lowest over the parts)
+    pairs: pl.DataFrame  # a, b, similarity (confirmed: ≥ threshold; the lowest over the parts)
     candidates: int
 
 
@@ -332,18 +291,18 @@ def near_duplicates(texts: Sequence[str] | Corpus, params: MinHashParams | None 
                     parts: Sequence[Sequence[str] | Corpus] | None = None, spill_dir: Path | None = None) -> Clusters:
     """Cluster `texts` into near-duplicate groups (texts without a near-duplicate are clusters of one).
 
-    Candidates come from the band keys of `texts`; a candidate counts when the Jaccard of each of `parts` (default:
-    `texts` itself) reaches the threshold, e.g. the queries and the positives of pairs whose `texts` join the two,
-    so that two questions on one long passage are not taken for one pair. Texts are a list or a ParquetTexts
-    column; signatures are computed BATCH_TEXTS at a time and only their band keys kept (with `spill_dir`, in Parquet
-    files there, grouped out of core), and only the candidates' texts are read for the Jaccard check.
+    Candidates come from the band keys of `texts`; a candidate counts when each of `parts` (default: `texts`
+    itself) is a near-duplicate (`flows.core.similarity`), e.g. the queries and the positives of pairs whose `texts`
+    join the two, so that two questions on one long passage are not taken for one pair. Texts are a list or a
+    ParquetTexts column; signatures are computed BATCH_TEXTS at a time and only their band keys kept (with
+    `spill_dir`, in Parquet files there, grouped out of core), and only the candidates' texts are read to confirm.
     """
     params = params or MinHashParams()
     texts = corpus(texts)
     n = len(texts)
     frames = []
     for lo, batch in texts.batches():
-        _, keys = _signatures(*_codes(batch), params, workers)
+        _, keys = _signatures(*codes_of(batch), params, workers)
         frame = band_frame(keys, offset=lo)
         if spill_dir is not None:
             path = spill_dir / f"band-keys-{lo:012d}.parquet"
@@ -355,13 +314,13 @@ def near_duplicates(texts: Sequence[str] | Corpus, params: MinHashParams | None 
     a, b = candidates["a"].to_numpy(), candidates["b"].to_numpy()
     used = np.unique(np.concatenate([a, b]))
     local_a, local_b = np.searchsorted(used, a), np.searchsorted(used, b)
-    sim = np.ones(len(a))
-    for part in [corpus(p) for p in parts] if parts is not None else [texts]:
+    compared = [corpus(p) for p in parts] if parts is not None else [texts]
+    for part in compared:
         if len(part) != n:
             raise ValueError(f"a part has {len(part)} texts for {n} texts")
-        sim = np.minimum(sim, _jaccard(*_codes(part.take(used)), local_a, local_b, params, workers))
+    sim = similarity([part.take(used) for part in compared], local_a, local_b, params.threshold, workers)
     keep = sim >= params.threshold
-    pairs = pl.DataFrame({"a": a[keep], "b": b[keep], "jaccard": sim[keep]})
+    pairs = pl.DataFrame({"a": a[keep], "b": b[keep], "similarity": sim[keep]})
     graph = coo_matrix((np.ones(int(keep.sum()), dtype=np.int8), (a[keep], b[keep])), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     return Clusters(labels, pairs, len(candidates))
@@ -370,19 +329,19 @@ def near_duplicates(texts: Sequence[str] | Corpus, params: MinHashParams | None 
 def matches(queries: Sequence[str], texts: Sequence[str] | Corpus, params: MinHashParams | None = None,
             workers: int = 2) -> pl.DataFrame:
     """The near-duplicate pairs between a few `queries` (e.g. evaluation texts) and a big corpus `texts`, read a
-    batch at a time: columns query, text (positions) and jaccard (≥ threshold)."""
+    batch at a time: columns query, text (positions) and similarity (≥ threshold)."""
     params = params or MinHashParams()
     _, query_keys = signatures(queries, params, workers)
     index = _long(band_frame(query_keys)).collect()
-    found = [pl.DataFrame(schema={"query": pl.Int64, "text": pl.Int64, "jaccard": pl.Float64})]
+    found = [pl.DataFrame(schema={"query": pl.Int64, "text": pl.Int64, "similarity": pl.Float64})]
     for lo, batch in corpus(texts).batches():
         _, keys = signatures(batch, params, workers)
         pairs = (_long(band_frame(keys)).join(index.lazy(), on="key", suffix="_q")
                  .select(query=pl.col("idx_q"), text=pl.col("idx")).unique().sort("query", "text").collect())
         q, t = pairs["query"].to_numpy(), pairs["text"].to_numpy()
-        sim = jaccard([*queries, *batch], q, t + len(queries), params, workers)
+        sim = similarity([[*queries, *batch]], q, t + len(queries), params.threshold, workers)
         keep = sim >= params.threshold
-        found.append(pl.DataFrame({"query": q[keep], "text": t[keep] + lo, "jaccard": sim[keep]}))
+        found.append(pl.DataFrame({"query": q[keep], "text": t[keep] + lo, "similarity": sim[keep]}))
     return pl.concat(found)
 
 

@@ -61,7 +61,7 @@ class NegativeParams(BaseModel):
     absolute_margin: float | None = Field(None, ge=0, description="keep a candidate only if its score is at most "
                                           "pos - margin (TopK-MarginPos); None: off")
     max_score: float | None = Field(None, description="keep a candidate only if its score is at most this; None: off")
-    near_threshold: float = Field(MinHashParams().threshold, gt=0, le=1, description="estimated Jaccard (MinHash) "
+    near_threshold: float = Field(0.8, gt=0, le=1, description="estimated Jaccard (MinHash, character bigrams) "
                                   "with the query or the positive from which a candidate is a near-duplicate")
     sampling: Literal["top", "random"] = Field("top", description="take the best eligible candidates, or a seeded "
                                                "random sample of them")

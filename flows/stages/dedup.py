@@ -8,12 +8,16 @@ columns (ranks, 64-bit key hashes, ids) and numpy arrays, about 100 bytes per ro
 
 - `eval_split`: the row comes from a split that C-MTEB evaluates (the catalog's `eval_splits`), unless
   `exclude_eval_splits` is off;
-- `eval_overlap`: its query or positive is an exact or near duplicate of a text of the `decontaminate` file;
+- `eval_overlap`: its query or positive is an exact or near duplicate (the same similarity as `near_duplicate`) of a
+  text of the `decontaminate` file;
 - `exact_duplicate`: it has the same normalised key (compared as 128 bits of hash) as a better row
   (`flows.core.text.key`: NFKC, so full-width and half-width forms agree, case folded, whitespace and punctuation
   removed); the key is the pair (query and positive) by default, the query alone with `on="query"` (or for s2p sources only with `on="query-s2p"`);
-- `near_duplicate`: its key is a MinHash near-duplicate of a better row's (`flows.core.minhash`; in pair mode both the
-  query and the positive must reach the Jaccard threshold), through a cluster of such pairs.
+- `near_duplicate`: its key is a near-duplicate of a better row's, through a cluster of such pairs: MinHash candidates
+  (`flows.core.minhash`), confirmed by edit similarity with a length-aware budget and guards on negations, numbers,
+  Latin words and script (`flows.core.similarity`), compared on `flows.core.text.near_key` (the key without
+  clause-final 吗 呢 啊). In pair mode both the query and the positive must be near-duplicates, so that two
+  questions over one passage, or one query with two positives, stay two pairs.
 
 Which copy survives, among exact duplicates and within a near-duplicate cluster: the first by (commercial use yes,
 unknown, no), then quality (excellent, good), then the source's position in the catalog, then the row id. It does
@@ -37,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from m3e_hq.flows.core.accounting import BATCH_ROWS, StageCounts, parquet_batches
 from m3e_hq.flows.core.minhash import MinHashParams, ParquetTexts, matches, near_duplicates
 from m3e_hq.flows.core.stage import Context, Reason, Scope, Stage, StageResult, Verdicts, sift
-from m3e_hq.flows.core.text import key
+from m3e_hq.flows.core.text import key, near_key
 from m3e_hq.schemas import M3E_HQ_SCHEMA
 from m3e_hq.schemas.enums import Permission, Quality
 from m3e_hq.sources.catalog import Catalog
@@ -59,8 +63,10 @@ _COMMERCIAL_RANK = {Permission.YES.value: 0, Permission.UNKNOWN.value: 1, Permis
 _QUALITY_RANK = {Quality.EXCELLENT.value: 0, Quality.GOOD.value: 1}
 EVAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
 _COLUMNS = ["id", "source", "split", "text", "text_pos", "commercial", "quality", "homogeneous"]
-# The normalised keys MinHash compares, in a temporary file: the pair (or query-only) key, and its two parts.
-KEYS_SCHEMA = pa.schema([("pair", pa.string()), ("query", pa.string()), ("positive", pa.string())])
+# The near keys compared, in a temporary file: the pair (or query-only) key and its two parts, which MinHash
+# compares (a query-only key's second part is the query again), and the positive, which decontamination compares.
+KEYS_SCHEMA = pa.schema([("pair", pa.string()), ("query", pa.string()), ("second", pa.string()),
+                         ("positive", pa.string())])
 
 
 class DedupParams(BaseModel):
@@ -74,7 +80,7 @@ class DedupParams(BaseModel):
     near: bool = Field(True, description="drop MinHash near-duplicates (after exact duplicates)",
                        json_schema_extra={"cli": "--near/--no-near"})
     minhash: MinHashParams = Field(default_factory=MinHashParams, description="shingles, permutations, LSH bands "
-                                   "and the confirming Jaccard threshold (default 0.8)")
+                                   "and the confirming edit similarity (default 0.875)")
     exclude_eval_splits: bool = Field(True, description="drop the native splits C-MTEB evaluates on (the "
                                       "catalog's eval_splits)", json_schema_extra={"cli": "--keep-eval-splits"})
     decontaminate: Path | None = Field(None, description="evaluation texts (JSONL, Parquet or TXT): drop rows whose "
@@ -168,14 +174,15 @@ def dedup_sources(inputs: dict[str, Path], out_dir: Path, params: DedupParams, c
     stats: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".dedup-") as tmp:
         spill = Path(tmp)
-        eval_keys = {key(t) for t in read_eval_texts(params.decontaminate)} if params.decontaminate else set()
+        eval_texts = read_eval_texts(params.decontaminate) if params.decontaminate else []
+        eval_keys = {key(t) for t in eval_texts}
         rows = _read_keys(inputs, names, catalog, params, spill / "keys.parquet", eval_keys)
         decisions = _Decisions(len(rows))
         if params.exclude_eval_splits:
             decisions.drop(np.flatnonzero(rows["eval_split"].to_numpy()), DedupReason.EVAL_SPLIT)
         if params.decontaminate is not None:
             stats["decontaminate"] = _decontaminate(params.decontaminate, rows, spill / "keys.parquet",
-                                                    sorted(eval_keys), decisions, params)
+                                                    sorted({near_key(t) for t in eval_texts}), decisions, params)
         rank = _survivor_order(rows)
         stats["exact_duplicate_keys"] = _duplicate_key_counts(rows, decisions.active())
         _exact(rows, rank, decisions)
@@ -211,16 +218,19 @@ def _read_keys(inputs: dict[str, Path], names: list[str], catalog: Catalog, para
 def _batch_keys(batch: pa.RecordBatch, position: int, params: DedupParams, eval_splits: set[str],
                 eval_keys: set[str]) -> tuple[pa.Table, pl.DataFrame]:
     """The keys table and the decision frame of one batch of a source's rows."""
-    queries = [key(t) for t in batch.column("text").to_pylist()]
-    positives = [key(t) for t in batch.column("text_pos").to_pylist()]
+    query_texts, positive_texts = batch.column("text").to_pylist(), batch.column("text_pos").to_pylist()
+    queries, positives = [key(t) for t in query_texts], [key(t) for t in positive_texts]
+    near_queries = [near_key(t, k) for t, k in zip(query_texts, queries, strict=True)]
+    near_positives = [near_key(t, k) for t, k in zip(positive_texts, positives, strict=True)]
     homogeneous = batch.column("homogeneous").to_pylist()
     query_only = [params.on == "query" or (params.on == "query-s2p" and not h) for h in homogeneous]
-    pairs = [q if only else f"{q}{SEPARATOR}{p}" for q, p, only in zip(queries, positives, query_only, strict=True)]
-    # A query-only key's MinHash "positive" part is the query too, so that both parts compare the key.
-    compared = [q if only else p for q, p, only in zip(queries, positives, query_only, strict=True)]
+    pairs = [q if only else f"{q}{SEPARATOR}{p}"
+             for q, p, only in zip(near_queries, near_positives, query_only, strict=True)]
+    second = [q if only else p for q, p, only in zip(near_queries, near_positives, query_only, strict=True)]
     hits = [("exact: query" if q in eval_keys else "exact: positive" if p in eval_keys else None)
             for q, p in zip(queries, positives, strict=True)] if eval_keys else [None] * len(queries)
-    pair = pl.Series(pairs, dtype=pl.String)
+    exact = [q if only else f"{q}{SEPARATOR}{p}" for q, p, only in zip(queries, positives, query_only, strict=True)]
+    pair = pl.Series(exact, dtype=pl.String)
     frame = pl.DataFrame({
         "source": pl.Series([position] * batch.num_rows, dtype=pl.Int32),
         "eval_split": pl.Series(batch.column("split")).is_in(sorted(eval_splits)),
@@ -233,7 +243,8 @@ def _batch_keys(batch: pa.RecordBatch, position: int, params: DedupParams, eval_
         "query_hash": pl.Series(queries, dtype=pl.String).hash(seed=0),
         "positive_hash": pl.Series(positives, dtype=pl.String).hash(seed=0),
     })
-    return pa.table({"pair": pairs, "query": queries, "positive": compared}, schema=KEYS_SCHEMA), frame
+    keys = {"pair": pairs, "query": near_queries, "second": second, "positive": near_positives}
+    return pa.table(keys, schema=KEYS_SCHEMA), frame
 
 
 def _survivor_order(rows: pl.DataFrame) -> np.ndarray:
@@ -266,8 +277,8 @@ def _near(keys_path: Path, rank: np.ndarray, decisions: _Decisions, params: Dedu
     """Drop every active row in a near-duplicate cluster but the cluster's best-ranked row."""
     rows = np.flatnonzero(decisions.active())
     # Pair keys are confirmed side by side: the query and the positive (a query-only key: its query twice).
-    texts, queries, positives = (ParquetTexts(keys_path, column, rows) for column in ("pair", "query", "positive"))
-    clusters = near_duplicates(texts, params.minhash, params.workers, parts=[queries, positives],
+    texts, queries, seconds = (ParquetTexts(keys_path, column, rows) for column in ("pair", "query", "second"))
+    clusters = near_duplicates(texts, params.minhash, params.workers, parts=[queries, seconds],
                                spill_dir=spill_dir)
     frame = (pl.DataFrame({"row": rows, "rank": rank[rows], "label": clusters.labels})
              .filter(pl.len().over("label") > 1).sort("rank")
@@ -279,22 +290,23 @@ def _near(keys_path: Path, rank: np.ndarray, decisions: _Decisions, params: Dedu
             "clusters": frame["label"].n_unique(), "rows_in_clusters": len(frame)}
 
 
-def _decontaminate(path: Path, rows: pl.DataFrame, keys_path: Path, eval_keys: list[str], decisions: _Decisions,
+def _decontaminate(path: Path, rows: pl.DataFrame, keys_path: Path, eval_near_keys: list[str], decisions: _Decisions,
                    params: DedupParams) -> dict[str, Any]:
-    """Drop active rows whose query or positive key equals (found while reading the keys), or is a near duplicate
-    of, an evaluation text's key."""
+    """Drop active rows whose query or positive key equals (found while reading the keys), or whose near key is a
+    near duplicate of, an evaluation text's key."""
     active = decisions.active()
     exact = rows["eval_hit"].to_numpy()
     hit = {int(i): str(exact[i]) for i in np.flatnonzero(active & rows["eval_hit"].is_not_null().to_numpy())}
-    if params.near and eval_keys:
+    if params.near and eval_near_keys:
         candidates = np.flatnonzero(active)
         for side, column in (("query", "query"), ("positive", "positive")):
-            found = matches(eval_keys, ParquetTexts(keys_path, column, candidates), params.minhash, params.workers)
+            found = matches(eval_near_keys, ParquetTexts(keys_path, column, candidates), params.minhash,
+                            params.workers)
             for row in np.unique(candidates[found["text"].to_numpy()]).tolist():
                 hit.setdefault(row, f"near: {side}")
     dropped = np.array(sorted(hit), dtype=np.int64)
     decisions.drop(dropped, DedupReason.EVAL_OVERLAP, details=[hit[i] for i in dropped.tolist()])
-    return {"file": str(path), "eval_texts": len(eval_keys), "rows_dropped": len(dropped)}
+    return {"file": str(path), "eval_texts": len(eval_near_keys), "rows_dropped": len(dropped)}
 
 
 def _overlap(sources: np.ndarray, names: list[str], decisions: _Decisions) -> dict[str, dict[str, int]]:

@@ -68,7 +68,7 @@ def test_the_build_options_are_exactly_the_marked_fields():
     assert {f.names[0].split("/")[0]: f.path for f in cli_fields()} == OPTIONS
     assert options["--sources"].opts == ["--sources", "-s"] and options["--near"].secondary_opts == ["--no-near"]
     threshold = BUILD_OPTIONS["dedup__minhash__threshold"].info
-    assert options["--near-threshold"].help == threshold.description and options["--near-threshold"].default == 0.8
+    assert options["--near-threshold"].help == threshold.description and options["--near-threshold"].default == 0.875
     assert options["--max-chars"].default == BuildParams().max_chars
     assert options["--max-chars"].help == BuildParams.model_fields["max_chars"].description
     assert options["--keep-eval-splits"].default is False  # the opposite of dedup.exclude_eval_splits

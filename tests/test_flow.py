@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from m3e_hq.flows.cli import app, manual_markdown_table, markdown_table
+from m3e_hq.flows.core.minhash import MinHashParams
 from m3e_hq.flows.core.negatives import NegativeParams
 from m3e_hq.flows.pipeline.build import FLOW_NAME, build_m3e_hq
 from m3e_hq.flows.pipeline.deploy import RUN_COMMAND
@@ -130,7 +131,8 @@ def test_flow_runs_ingest_filter_dedup_mine_and_the_counts_chain(prefect_server,
     lcqmc_test = pq.read_table(tmp_path / "filter" / "lcqmc.parquet").filter(pc.field("split") == "test").num_rows
     assert lcqmc_test > 0 and stages["dedup"]["sources"]["lcqmc"]["dropped"]["eval_split"] == lcqmc_test
     assert stages["filter"]["sources"]["SimCLUE"]["dropped"] == {"query_in_positive": 2}
-    assert manifest["params"]["dedup"]["on"] == "pair" and manifest["params"]["dedup"]["minhash"]["threshold"] == 0.8
+    assert manifest["params"]["dedup"]["on"] == "pair"
+    assert manifest["params"]["dedup"]["minhash"]["threshold"] == MinHashParams().threshold  # the default
     assert set(manifest["stages"]["dedup"]["stats"]) >= {"exact_duplicate_keys", "near", "duplicates_by_source"}
 
 

@@ -24,8 +24,9 @@ SMALL = NegativeParams(num_negatives=3, range_min=0, range_max=20, relative_marg
 
 
 def write_filtered(folder, catalog, source: str, pairs: list[tuple[str, str]]):
-    """The source's pairs as m3e-hq rows in `folder/filter/`, the mine stage's input."""
-    path = folder / "filter" / f"{source}.parquet"
+    """The source's pairs as m3e-hq rows in `folder/dedup/`, the mine stage's input (the last curation stage's
+    output)."""
+    path = folder / "dedup" / f"{source}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows_of(catalog, source, pairs), schema=M3E_HQ_SCHEMA), path)
     return path
@@ -126,6 +127,8 @@ def test_shortfall_is_reported_and_rows_without_enough_negatives_are_dropped(tmp
     dropped = pq.read_table(result.counts[0].dropped_path).to_pylist()
     assert dropped[0]["detail"] == "3 negatives left of the 5 asked (pool of 4 texts)"
     assert json.loads(dropped[0]["raw"])["id"] == dropped[0]["id"]
+    # The locators name the stage's input file and the row in it.
+    assert [d["locator"] for d in dropped] == [f"dedup/webqa.parquet#{i}" for i in range(4)]
 
 
 def test_cross_encoder_teacher_and_pair_consistency(two_sources, catalog, tiny_encoder, tiny_cross_encoder):

@@ -401,7 +401,7 @@ def _decon(n: int, draw: Draw, rng: random.Random, alphabet: list[str]) -> list[
 # --- the pipeline ------------------------------------------------------------------------------------------------
 
 def run_pipeline(cases: list[Case], catalog: Catalog, folder: Path) -> dict[str, dict[str, tuple[str, str | None]]]:
-    """Write the cases as ingest outputs, run dedup then filters; per stage, each dropped id's (reason, kept_id)."""
+    """Write the cases as ingest outputs, run the filters then dedup; per stage, each dropped id's (reason, kept_id)."""
     rows: dict[str, list[dict]] = {S2S: [], S2P: []}
     for c, case in enumerate(cases):
         source_tags = tags(catalog.get(case.source))

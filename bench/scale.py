@@ -4,7 +4,7 @@ for the 22 million pairs of the M3E table.
     python bench/scale.py --sizes 100000,500000,2000000 [--mine-sample 2000] [--mine-json FILE]
 
 For each N: N synthetic Chinese pairs in four sources' native formats (bench/synthetic.py: length distributions per
-task type, 10% duplicates) are written by one process; a fresh process then runs ingest → dedup → filters on all of
+task type, 10% duplicates) are written by one process; a fresh process then runs ingest → filter → dedup on all of
 them with the project's plain stage functions (flows.pipeline.build's, without Prefect), and the mine stage on a sample
 (`--mine-sample` filtered pairs, the offline default encoder on the CPU). Its peak RSS is that process's own
 (ru_maxrss), so the generator's memory is not counted. Targets (issue 7): peak memory for 2M pairs ≤ 8 GB, time per
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 M3E_PAIRS = 22_000_000
 TARGET_CORES = 16
 PARALLEL_EFFICIENCY = 0.7
-CPU_STAGES = ("ingest", "dedup", "filter")
+CPU_STAGES = ("ingest", "filter", "dedup")
 # FLOP estimate of mining on one H100 when no measured GPU figure is given: BERT-base-sized encoder (m3e-base) and
 # cross-encoder (bge-reranker-base), ~85M weights outside the embeddings, at a third of the H100's 989 dense bf16
 # TFLOP/s; tokens per text from the synthetic lengths (one token per Chinese character, two special tokens);
@@ -57,7 +57,7 @@ def generate(folder: Path, n: int) -> None:
 
 
 def run_pipeline(raw: Path, build: Path, mine_sample: int) -> dict:
-    """The build's stages (flows.pipeline.build.STAGES) in this process: ingest → dedup → filter over every source,
+    """The build's stages (flows.pipeline.build.STAGES) in this process: ingest → filter → dedup over every source,
     then mine on a sample; seconds and rows per stage."""
     from synthetic import SOURCES
 

@@ -162,7 +162,7 @@ def _strings(value: Any) -> list[str]:
 
 
 def dedup_sources(inputs: dict[str, Path], out_dir: Path, params: DedupParams, catalog: Catalog) -> StageResult:
-    """Dedup the ingest outputs `inputs` (source -> Parquet) into `out_dir/dedup/`; counts per source.
+    """Dedup the filter outputs `inputs` (source -> Parquet) into `out_dir/dedup/`; counts per source.
 
     Out of core: the sources are read a batch at a time, once for the keys (written to a temporary Parquet file
     beside the output, with each row's ranks and key hashes kept in columnar memory) and once to write the result.

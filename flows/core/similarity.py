@@ -56,12 +56,23 @@ def _antonyms() -> frozenset[tuple[str, str]]:
 
 @cache
 def _shared_script_forms() -> frozenset[str]:
-    """Characters zhconv simplifies in some words only (著 in 沿著, not in 著名): their pairs are simplified whole."""
+    """Characters zhconv simplifies in some words only (著 in 沿著, not in 著名): a pair whose difference holds one
+    is compared simplified whole. (The characters only traditional Chinese writes are guarded instead.)"""
+    table = zhconv.zhconv.getdict("zh-cn")
     forms = set()
-    for k, v in zhconv.zhconv.getdict("zh-cn").items():
+    for k, v in table.items():
         if len(k) == len(v):
             forms.update(a for a, b in zip(k, v, strict=True) if a != b)
-    return frozenset(forms)
+    return frozenset(forms - {k for k, v in table.items() if len(k) == 1 and k != v})
+
+
+@cache
+def _lexical_flags() -> tuple[np.ndarray, int]:
+    """A flag per code point for the shared script forms, and the longest antonym: what `_may_be_lexical` needs."""
+    flags = np.zeros(0x110000, dtype=np.uint8)
+    for ch in _shared_script_forms():
+        flags[ord(ch)] = 1
+    return flags, max(len(w) for pair in _antonyms() for w in pair)
 
 
 def _differing(x: str, y: str) -> tuple[str, str]:
@@ -208,6 +219,32 @@ def _similarity_kernel(codes: np.ndarray, starts: np.ndarray, texts: int, parts:
         out[k] = lowest
 
 
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _may_be_lexical(codes: np.ndarray, starts: np.ndarray, texts: int, parts: int, a: np.ndarray, b: np.ndarray,
+                    pairs: np.ndarray, flags: np.ndarray, longest: int, out: np.ndarray) -> None:
+    """out[r] = whether `lexical_edit` could hold for a part of pair pairs[r]: its differing middles (between the
+    common prefix and suffix) are both 1 to `longest` characters (an antonym swap), or hold a flagged character."""
+    for r in numba.prange(len(pairs)):
+        k = pairs[r]
+        hit = False
+        for p in range(parts):
+            x, y = p * texts + a[k], p * texts + b[k]
+            xs, n, ys, m = starts[x], starts[x + 1] - starts[x], starts[y], starts[y + 1] - starts[y]
+            pre = 0
+            while pre < min(n, m) and codes[xs + pre] == codes[ys + pre]:
+                pre += 1
+            suf = 0
+            while suf < min(n, m) - pre and codes[xs + n - 1 - suf] == codes[ys + m - 1 - suf]:
+                suf += 1
+            if 1 <= n - pre - suf <= longest and 1 <= m - pre - suf <= longest:
+                hit = True
+            for i in range(pre, n - suf):
+                hit = hit or flags[codes[xs + i]] == 1
+            for j in range(pre, m - suf):
+                hit = hit or flags[codes[ys + j]] == 1
+        out[r] = hit
+
+
 def codes_of(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """All texts' code points in one uint32 array (plus two zeros of padding), and each text's start (n + 1)."""
     lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
@@ -229,7 +266,11 @@ def similarity(parts: Sequence[Sequence[str]], a: np.ndarray, b: np.ndarray, thr
     out = np.zeros(len(a))
     numba.set_num_threads(max(1, min(workers, numba.config.NUMBA_NUM_THREADS)))
     _similarity_kernel(codes, starts, texts, len(parts), a, b, threshold, guarded(), out)
-    for k in np.flatnonzero((out >= threshold) & (out < 1)).tolist():
+    confirmed = np.flatnonzero((out >= threshold) & (out < 1))
+    flags, longest = _lexical_flags()
+    maybe = np.zeros(len(confirmed), dtype=np.bool_)
+    _may_be_lexical(codes, starts, texts, len(parts), a, b, confirmed, flags, longest, maybe)
+    for k in confirmed[maybe].tolist():  # the few pairs the word checks must read
         if any(lexical_edit(p[a[k]], p[b[k]]) for p in parts if p[a[k]] != p[b[k]]):
             out[k] = 0.0
     return out

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import EXPECTED_DIR
 
+from m3e_hq.flows.stages.ingest import ingest_source
 from m3e_hq.sources.adapters.flat import adapt_flat, detokenize, zh_cn
 from m3e_hq.sources.adapters.squad import adapt_squad
 from m3e_hq.sources.adapters.tableqa import BadSQL, render_sql
@@ -105,6 +106,23 @@ def test_flat_keep_join_alternatives_and_transforms(tmp_path):
     got = [(c.text, c.text_pos, c.reason) for c in adapt_flat([file], spec)]
     assert got == [("长江", "长江是中国第一长河", None), ("标题\n描述", "答案", None),
                    (None, None, "label_filtered"), (None, None, "missing_field")]
+
+
+def test_dusql_takes_the_sql_under_query_or_sql_query(tmp_path, catalog):
+    """The 千言 release keys the SQL `query`, the older baseline release `sql_query`: both become text_pos."""
+    sql = {"except": None, "from": {"conds": [], "table_units": [["table_unit", 0]]}, "groupBy": [], "having": [],
+           "intersect": None, "limit": None, "orderBy": [], "select": [False, [[0, [0, [0, 2, False], None]]]],
+           "union": None, "where": []}
+    records = [{"db_id": "图书", "question": "图书有哪些？", "question_id": "qid1", "query": "select 书名 from 图书",
+                "sql": sql},
+               {"db_id": "图书", "question": "书名是什么？", "question_id": "qid2", "sql_query": "select 书名 from 图书",
+                "sql": sql}]
+    file = sample_file(tmp_path, "train.json", json.dumps(records, ensure_ascii=False, indent=4).encode())
+    counts = ingest_source(catalog.get("DuSQL"), [file], tmp_path / "out")
+    assert (counts.read, counts.kept, counts.dropped) == (2, 2, {})
+    kept = pq.read_table(counts.kept_path).to_pylist()
+    assert [(r["text"], r["text_pos"]) for r in kept] == [("图书有哪些？", "select 书名 from 图书"),
+                                                         ("书名是什么？", "select 书名 from 图书")]
 
 
 def test_explode_gives_one_pair_per_answer_and_rejects_bad_lists_once(tmp_path):

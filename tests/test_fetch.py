@@ -76,6 +76,29 @@ def test_unpinned_ref_is_resolved_to_a_commit_which_is_recorded(mock_hub, tmp_pa
     assert not any("LCQMC" in r for r in mock_hub.requests if "/resolve/" in r)  # same repo, other config
 
 
+def test_zhihu_kol_is_read_at_its_pinned_commit_from_the_five_shard_set_only(mock_hub, tmp_path, catalog):
+    source = catalog.get("zhihu_kol")
+    assert source.obtain.revision == "f66a447c8bcc75cc0d393ba629cd8b70444ee774"
+    pinned = mock_hub.repos["wangrui6/Zhihu-KOL"].commits[source.obtain.revision]
+    shard = next((pinned / "data").glob("train-*-of-00005-*.parquet"))
+    old_set = pinned / "data" / "train-00000-of-00002-0f1e2d3c4b5a6978.parquet"  # an earlier 2-shard upload
+    old_set.write_bytes(shard.read_bytes())
+    newer = tmp_path / "newer"
+    (newer / "data").mkdir(parents=True)
+    (newer / "data" / "train-00000-of-00001-ffffffffffffffff.parquet").write_bytes(shard.read_bytes())
+    mock_hub.add("wangrui6/Zhihu-KOL", "c" * 40, newer, ["main"])  # main moved on: the pin still holds
+    got = fetch_source(source, tmp_path / "cache", tmp_path / "manual")
+    assert got.status == "downloaded" and got.message is None  # pinned: no "pin it" note
+    assert got.revision == source.obtain.revision and list(got.files) == [f"data/{shard.name}"]
+    assert not [r for r in mock_hub.requests if "of-00002" in r or "c" * 40 in r]
+    raw = tmp_path / "raw" / "zhihu_kol" / "data"  # a checkout holding both sets, read with --raw-dir
+    raw.mkdir(parents=True)
+    for path in (shard, old_set):
+        (raw / path.name).write_bytes(path.read_bytes())
+    result = ingest_one(Obtained("zhihu_kol", ObtainStatus.PRESENT, raw.parent), tmp_path / "out", 100_000)
+    assert result.files == [f"data/{shard.name}"] and result.counts.read == expected("zhihu_kol")["read"]
+
+
 def test_every_hub_source_downloads_and_ingests_like_its_sample(mock_hub, tmp_path, catalog):
     names = hub_names(catalog)
     assert len(names) == 18

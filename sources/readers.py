@@ -1,9 +1,11 @@
 """Readers of native files: Parquet, JSON Lines (optionally gzipped), JSON documents and CSV.
 
 A reader yields every record it finds with a locator (file and position). What it cannot parse it still yields,
-with a reason code and the raw text, so that nothing in a file is lost without being counted.
+with a reason code and the raw text, so that nothing in a file is lost without being counted. UTF-8 is read with or
+without a byte-order mark (files saved on Windows start with one).
 """
 
+import codecs
 import csv
 import gzip
 import json
@@ -50,6 +52,11 @@ def read_records(file: SourceFile, fmt: Format, encoding: str = "utf-8", records
     return _read_csv(file, encoding)
 
 
+def _decoding(encoding: str) -> str:
+    """The codec to read `encoding` with: UTF-8 with or without a leading byte-order mark."""
+    return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+
+
 def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
 
@@ -69,6 +76,7 @@ def _read_parquet(file: SourceFile) -> Iterator[NativeRecord]:
 
 def _read_jsonl(file: SourceFile, encoding: str) -> Iterator[NativeRecord]:
     lineno = 0
+    encoding = _decoding(encoding)  # a mark at the start of any line: files joined with `cat` keep theirs
     try:
         with _open_binary(file.path) as handle:
             for lineno, line in enumerate(handle, start=1):
@@ -98,7 +106,7 @@ def _read_json(file: SourceFile, encoding: str, records_key: str | None) -> Iter
         yield NativeRecord(locator, reason="unreadable_file", raw=f"{type(exc).__name__}: {exc}")
         return
     try:
-        text = data.decode(encoding)
+        text = data.decode(_decoding(encoding))
     except UnicodeDecodeError as exc:
         yield NativeRecord(locator, reason="invalid_utf8", raw=f"not {encoding}: {exc}")
         return
@@ -126,7 +134,7 @@ def _read_csv(file: SourceFile, encoding: str) -> Iterator[NativeRecord]:
     line = 0
     try:
         # Undecodable bytes become lone surrogates, so the row they are in is quarantined as invalid_utf8.
-        with file.path.open(encoding=encoding, errors="surrogateescape", newline="") as handle:
+        with file.path.open(encoding=_decoding(encoding), errors="surrogateescape", newline="") as handle:
             reader = csv.DictReader(handle)
             for row in reader:
                 line = reader.line_num

@@ -1,6 +1,8 @@
 """The ingest stage: accounting identity for every source, deterministic ids, clean valid rows, atomic outputs."""
 
+import codecs
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -72,6 +74,20 @@ def test_source_specific_mapping_on_the_samples(samples_build):
     assert all(r["text_pos"].startswith("SELECT ") and " FROM " in r["text_pos"] for r in nl2sql)
     xlsum = kept("xlsum")
     assert len({r["text"] for r in xlsum}) < len(xlsum)  # two pairs per article share its title
+
+
+@pytest.mark.parametrize("name", ["lawzhidao", "alpaca_gpt4", "SimCLUE", "Chinese-SQuAD", "Zhuiyi-NL2SQL"])
+def test_files_saved_with_a_byte_order_mark_give_what_they_give_without(tmp_path, catalog, name):
+    """A UTF-8 CSV, JSON, JSON Lines or SQuAD file (and a tables file) starting with a BOM, as Windows tools save them."""
+    source = catalog.get(name)
+    shutil.copytree(SAMPLES_DIR / name, tmp_path / name)
+    for path in (tmp_path / name).rglob("*"):
+        if path.is_file():
+            path.write_bytes(codecs.BOM_UTF8 + path.read_bytes())
+    plain = ingest_source(source, locate(source, SAMPLES_DIR / name).files, tmp_path / "plain")
+    marked = ingest_source(source, locate(source, tmp_path / name).files, tmp_path / "marked")
+    assert (marked.read, marked.kept, marked.dropped) == (plain.read, plain.kept, plain.dropped)
+    assert pq.read_table(marked.kept_path).equals(pq.read_table(plain.kept_path))
 
 
 def test_ids_are_identical_across_two_runs(tmp_path, catalog):

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple, NoReturn, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, NoReturn, get_args, get_origin
 
 import typer
 from pydantic import ValidationError
@@ -23,6 +23,9 @@ from m3e_hq.sources import cache
 from m3e_hq.sources.catalog import CatalogError, HttpObtain, HubObtain, ManualObtain, Source, default_catalog
 from m3e_hq.sources.fetch import Obtained, source_status
 
+if TYPE_CHECKING:
+    from prefect.server.api.server import SubprocessASGIServer
+
 # Offline-safe Prefect defaults for local runs (set before prefect is imported; the user's settings win).
 # The temporary server a local run starts logs harmless CancelledError tracebacks while it shuts down after the
 # flow has finished; its log level is raised so that they do not bury the build summary.
@@ -30,6 +33,11 @@ for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "f
                      "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
                      "PREFECT_SERVER_UI_ENABLED": "false"}.items():
     os.environ.setdefault(_key, _value)
+# How long the temporary Prefect server may take to start when the user sets no
+# PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: Prefect's 20 s are too few on a busy machine. Not an environment
+# default: Prefect's settings take the environment over the profile, and a limit set in the profile must win too.
+SERVER_STARTUP_SECONDS = 300
+SERVER_FAILED = 4  # exit status of a command whose temporary Prefect server did not start
 
 # Why a build output cannot be written: disk full or over quota, no permission, read-only, a file in the way.
 OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
@@ -292,7 +300,7 @@ def download(
         fail_on_invalid(exc)
     console.print(f"Downloading into {params.cache_root} (manual sources from {params.manual_root})")
     try:
-        with progress.showing(console):
+        with one_api_server(), progress.showing(console):
             obtained = download_m3e_hq_sources(sources=params.sources, cache_dir=str(params.cache_root),
                                                manual_dir=str(params.manual_root), require_all=require_all)
     except MissingSourcesError as exc:
@@ -424,18 +432,61 @@ def output_failure(exc: OSError, build_dir: Path) -> str:
             f"published: the datasets in {build_dir} (if any) are as they were.")
 
 
-@contextmanager
-def one_api_server(runner: str) -> Iterator[None]:
-    """Under the Ray task runner without PREFECT_API_URL: start the temporary Prefect server here and point the
-    settings, which Ray's worker processes receive, at it; each worker would otherwise start a server of its own."""
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+def server_startup_seconds() -> int:
+    """How long the temporary Prefect server may take to start: PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+    where the user set it (environment, .env, prefect.toml or Prefect profile), else SERVER_STARTUP_SECONDS."""
+    from prefect.settings import get_current_settings
 
-    if runner != "ray" or PREFECT_API_URL.value():
+    ephemeral = get_current_settings().server.ephemeral
+    if "startup_timeout_seconds" in ephemeral.model_fields_set:
+        return ephemeral.startup_timeout_seconds
+    return SERVER_STARTUP_SECONDS
+
+
+def server_failure(why: str, limit: int, exit_code: int | None) -> str:
+    """Why the temporary Prefect server is not there, and what to do."""
+    if exit_code is not None:
+        return (f"the temporary Prefect server exited with status {exit_code} while starting; nothing was run. Run "
+                "`prefect server start` to see why, or point PREFECT_API_URL at a running Prefect server")
+    return (f"the temporary Prefect server {why}; nothing was run. On a busy machine allow it longer, e.g. "
+            f"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS={max(2 * limit, SERVER_STARTUP_SECONDS)}, or start "
+            "one (`prefect server start`) and set PREFECT_API_URL=http://127.0.0.1:4200/api; then run the command "
+            "again")
+
+
+def start_server() -> "SubprocessASGIServer":
+    """Prefect's temporary server (SubprocessASGIServer, the one Prefect's clients use), started within
+    server_startup_seconds(); if it does not start, one line and exit SERVER_FAILED."""
+    import httpx
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server, limit = SubprocessASGIServer(), server_startup_seconds()
+    try:
+        server.start(timeout=limit)
+    except (RuntimeError, httpx.HTTPError) as exc:  # RuntimeError: "Timed out while attempting to connect to ..."
+        exit_code = server.server_process.poll() if server.server_process else None
+        server.stop()
+        why = (f"did not start within {limit} s" if isinstance(exc, RuntimeError)
+               else f"did not answer its health check ({type(exc).__name__}: {exc})")
+        console.print(f"[red]error:[/red] {escape(server_failure(why, limit, exit_code))}", soft_wrap=True)
+        raise typer.Exit(SERVER_FAILED) from None
+    return server
+
+
+@contextmanager
+def one_api_server(runner: str = "thread") -> Iterator[None]:
+    """Without PREFECT_API_URL (and with Prefect's ephemeral mode on): start the temporary Prefect server here, with
+    server_startup_seconds() to do it, before the flow would. Under the Ray task runner, point the settings, which
+    Ray's worker processes receive, at it; each worker would otherwise start a server of its own."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         yield
         return
-    server = SubprocessASGIServer()
-    server.start()
+    server = start_server()
+    if runner != "ray":
+        yield
+        return
     with temporary_settings({PREFECT_API_URL: server.api_url}):
         yield
 

@@ -15,6 +15,9 @@ from pathlib import Path
 import httpx
 
 BIN = Path(sys.executable).parent
+# How long a Prefect server started by the tests may take to answer: seconds on an idle machine, minutes on a busy
+# one. M3E_HQ_TEST_SERVER_STARTUP_SECONDS changes it.
+STARTUP_SECONDS = int(os.environ.get("M3E_HQ_TEST_SERVER_STARTUP_SECONDS", "600"))
 
 
 @dataclass
@@ -51,7 +54,7 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, process: su
 
 def healthy(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        return httpx.get(f"{url}/health", timeout=10).status_code == 200
     except httpx.TransportError:
         return False
 
@@ -59,6 +62,16 @@ def healthy(url: str) -> bool:
 @contextmanager
 def running_server(home: Path) -> Iterator[Server]:
     """A Prefect server with its own PREFECT_HOME (database, storage) in `home`, stopped at the end."""
+    process, server = start_server(home, retries=1)
+    try:
+        yield server
+    finally:
+        stop(process)
+
+
+def start_server(home: Path, retries: int) -> tuple[subprocess.Popen, Server]:
+    """`prefect server start` on a free port, once it answers (within STARTUP_SECONDS). One that exits while
+    starting (its port taken meanwhile) is started again on another port, up to `retries` times."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": url, "DO_NOT_TRACK": "1",
@@ -70,7 +83,11 @@ def running_server(home: Path) -> Iterator[Server]:
         process = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port),
                                     "--no-ui"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_until(lambda: healthy(url), 90, "the Prefect server did not start", process, log)
-        yield Server(url, env)
-    finally:
+        wait_until(lambda: healthy(url), STARTUP_SECONDS, "the Prefect server did not start", process, log)
+    except AssertionError:
+        exited = process.poll() is not None
         stop(process)
+        if exited and retries:
+            return start_server(home, retries - 1)
+        raise
+    return process, Server(url, env)

@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from prefect.testing.utilities import prefect_test_harness
+from prefect_server import STARTUP_SECONDS
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
@@ -28,7 +29,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 @pytest.fixture(scope="module")
 def prefect_server():
-    with prefect_test_harness(server_startup_timeout=90):
+    with prefect_test_harness(server_startup_timeout=STARTUP_SECONDS):
         yield
 
 

@@ -14,6 +14,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import RemoteOptionsContext
+from prefect_server import STARTUP_SECONDS
 from typer.testing import CliRunner
 
 from m3e_hq.flows.cli import app, one_api_server
@@ -37,7 +38,7 @@ SOURCES = ["cmrc2018", "alpaca_gpt4", "hc3_chinese", "lcqmc", "wiki_atomic_edit"
 
 @pytest.fixture(scope="module")
 def prefect_server():
-    with prefect_test_harness(server_startup_timeout=90):
+    with prefect_test_harness(server_startup_timeout=STARTUP_SECONDS):
         yield
 
 

@@ -2,10 +2,13 @@
 
 Plain Python (no Prefect): `download_file` streams a URL to `<dest>.part`, resumes it with an HTTP Range request,
 retries transient failures with exponential backoff, and renames the part to `dest` only once it is complete and its
-sha256 matches. `extract_archive` unpacks .zip / .tar / .tar.gz / .tgz into a temporary sibling folder, refusing
-members that would escape the target, links and oversized archives, then renames the folder into place.
+sha256 matches. Every transfer is bounded: an idle timeout, a minimum average rate, the expected size and a maximum
+size. `extract_archive` unpacks .zip / .tar / .tar.gz / .tgz into a temporary sibling folder, refusing members that
+would escape the target, links, oversized and unreadable (truncated, corrupt) archives, then renames the folder into
+place.
 """
 
+import gzip
 import hashlib
 import os
 import re
@@ -15,6 +18,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +30,9 @@ import httpx
 from m3e_hq.sources.errors import TransientError
 
 HASH_CHUNK = 1 << 20
-DEFAULT_MAX_BYTES = 20 << 30  # 20 GiB uncompressed
+DEFAULT_MAX_BYTES = 20 << 30  # 20 GiB: the most a download of unknown size, or an archive uncompressed, may hold
+MIN_RATE = 1024  # bytes per second: a transfer slower than this on average over RATE_WINDOW is cut (and retried)
+RATE_WINDOW = 60.0  # seconds
 _CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)")
 
 
@@ -49,7 +55,15 @@ class ChecksumError(DownloadError):
 
 
 class UnsafeArchiveError(ValueError):
-    """An archive with a member that escapes the target, a link member, or too much uncompressed data."""
+    """An archive refused: a member that escapes the target, a link member, or too much uncompressed data."""
+
+
+class CorruptArchiveError(UnsafeArchiveError):
+    """An archive that cannot be read to its end: truncated, corrupt, or not an archive at all."""
+
+
+# What reading a truncated or corrupt archive raises (a truncated gzip stream: EOFError).
+_UNREADABLE = (EOFError, zlib.error, gzip.BadGzipFile, tarfile.TarError, zipfile.BadZipFile)
 
 
 @dataclass(frozen=True)
@@ -64,7 +78,63 @@ class DownloadResult:
 
 
 class _Transient(Exception):
-    """A failure worth retrying (5xx, 429, a short body, an unusable partial file)."""
+    """A failure worth retrying (5xx, 429, a short body, a transfer too slow, an unusable partial file)."""
+
+
+class _TooLarge(Exception):
+    """A body longer than the transfer's size limit."""
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    """What one file's transfer may take: its expected `size` (when known), else at most `max_bytes`; on average at
+    least `min_rate` bytes/s over every `rate_window` seconds."""
+
+    size: int | None
+    max_bytes: int
+    min_rate: int
+    rate_window: float
+
+    @property
+    def limit(self) -> int:
+        return self.size if self.size is not None else self.max_bytes
+
+    def check_announced(self, url: str, announced: int | None, attempts: int) -> None:
+        """A DownloadError when the size the server announces is not the expected one, or over the limit."""
+        if announced is None:
+            return
+        if self.size is not None and announced != self.size:
+            raise DownloadError(f"GET {url} announces {announced:,} bytes, not the expected {self.size:,}: the file "
+                                "changed or the server is wrong; check its size and sha256 in sources/catalog.yaml",
+                                url=url, attempts=attempts)
+        if announced > self.limit:
+            raise DownloadError(f"GET {url} announces {announced:,} bytes, over the maximum download size of "
+                                f"{self.max_bytes:,} bytes: check the URL in sources/catalog.yaml", url=url,
+                                attempts=attempts)
+
+    def too_large(self, url: str, attempts: int) -> DownloadError:
+        what = (f"the expected {self.size:,} bytes" if self.size is not None
+                else f"the maximum download size of {self.max_bytes:,} bytes")
+        return DownloadError(f"GET {url} sent more than {what} (a body without end?): check the URL in "
+                             "sources/catalog.yaml, or download the file by hand", url=url, attempts=attempts)
+
+
+class _RateGuard:
+    """Cuts a transfer slower than `min_rate` bytes/s on average over a window of `window` seconds (a trickle);
+    a transfer with no byte at all is cut by the client's read timeout."""
+
+    def __init__(self, min_rate: int, window: float) -> None:
+        self.min_rate, self.window = min_rate, window
+        self.start, self.bytes = time.monotonic(), 0
+
+    def add(self, n: int) -> None:
+        self.bytes += n
+        elapsed = time.monotonic() - self.start
+        if elapsed < self.window:
+            return
+        if self.bytes < self.min_rate * elapsed:
+            raise _Transient(f"too slow: {self.bytes:,} bytes in {elapsed:.1f} s, under {self.min_rate:,} bytes/s")
+        self.start, self.bytes = time.monotonic(), 0
 
 
 def file_sha256(path: Path) -> str:
@@ -96,12 +166,13 @@ def _refusal_message(url: str, response: httpx.Response) -> str:
     return f"GET {url} failed with HTTP {status} {response.reason_phrase}: {hint}"
 
 
-def _fetch_once(client: httpx.Client, url: str, part: Path, chunk_bytes: int, attempts: int,
+def _fetch_once(client: httpx.Client, url: str, part: Path, bounds: _Bounds, chunk_bytes: int, attempts: int,
                 on_bytes: Callable[[int], None] | None) -> bool:
     """One GET that appends to (206) or rewrites (200) `part`; True when it resumed an existing part.
 
-    Raises _Transient for retryable outcomes (the part is kept whenever it is still a valid prefix),
-    DownloadError for a refusal, httpx.TransportError for network failures.
+    Raises _Transient for retryable outcomes (the part is kept whenever it is still a valid prefix), DownloadError
+    for a refusal, a wrong announced size or a body over the size limit (the part removed), httpx.TransportError for
+    network failures (no byte within the read timeout included).
     """
     offset = part.stat().st_size if part.exists() else 0
     headers = {"Accept-Encoding": "identity"}
@@ -130,16 +201,33 @@ def _fetch_once(client: httpx.Client, url: str, part: Path, chunk_bytes: int, at
             expected = total if total is not None else (offset + int(length) if length else None)
         else:  # 200 (the server ignored or was not sent a Range): start from zero
             expected = int(length) if length else None
-        # Chunks are written as they arrive (a cut transfer keeps every byte received); chunk_bytes is the write buffer.
-        with part.open("ab" if resumed else "wb", buffering=chunk_bytes) as fh:
-            for chunk in response.iter_raw():
-                fh.write(chunk)
-                if on_bytes:
-                    on_bytes(len(chunk))
+        bounds.check_announced(url, expected, attempts)
+        try:
+            _write_body(response, part, offset if resumed else 0, bounds, chunk_bytes, on_bytes)
+        except _TooLarge:
+            part.unlink()
+            raise bounds.too_large(url, attempts) from None
     size = part.stat().st_size
+    expected = expected if expected is not None else bounds.size
     if expected is not None and size != expected:
         raise _Transient(f"incomplete body: {size} of {expected} bytes")
     return resumed
+
+
+def _write_body(response: httpx.Response, part: Path, start: int, bounds: _Bounds, chunk_bytes: int,
+                on_bytes: Callable[[int], None] | None) -> None:
+    """Write the body to `part` from byte `start` as it arrives (a cut transfer keeps every byte received;
+    chunk_bytes is the write buffer). _TooLarge past the size limit, _Transient when too slow."""
+    guard, written = _RateGuard(bounds.min_rate, bounds.rate_window), start
+    with part.open("ab" if start else "wb", buffering=chunk_bytes) as fh:
+        for chunk in response.iter_raw():
+            written += len(chunk)
+            if written > bounds.limit:
+                raise _TooLarge
+            fh.write(chunk)
+            if on_bytes:
+                on_bytes(len(chunk))
+            guard.add(len(chunk))
 
 
 def download_file(
@@ -147,18 +235,27 @@ def download_file(
     dest: Path,
     sha256: str | None = None,
     *,
+    size: int | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
     retries: int = 4,
     backoff: float = 0.5,
     timeout: float = 60.0,
+    min_rate: int = MIN_RATE,
+    rate_window: float = RATE_WINDOW,
     chunk_bytes: int = 1 << 20,
     on_bytes: Callable[[int], None] | None = None,
 ) -> DownloadResult:
     """Download `url` to `dest` (resuming `<dest>.part`), verify `sha256` when given, and return what was done.
 
     An existing `dest` is not downloaded again (only checked against `sha256`). Transient failures (5xx, 429,
-    network errors, a body cut short) are retried up to `retries` more times, sleeping `backoff * 2**n` before the
-    n-th retry (n from 0), then raise TransientDownloadError; a cut transfer resumes where it stopped. Other 4xx
-    answers fail at once.
+    network errors, a body cut short, a transfer too slow) are retried up to `retries` more times, sleeping
+    `backoff * 2**n` before the n-th retry (n from 0), then raise TransientDownloadError; a cut transfer resumes
+    where it stopped. Other 4xx answers fail at once.
+    Every transfer is bounded: no byte for `timeout` seconds, or fewer than `min_rate` bytes/s on average over
+    `rate_window` seconds, cuts it (a transient failure). The file must have the expected `size` when given, and
+    the size the server announces (Content-Length, Content-Range) when it announces one; a body longer than `size`,
+    or than `max_bytes` when the size is unknown, or an announced size that differs from `size` or exceeds the
+    limit, fails at once (DownloadError, the part removed).
     `on_bytes` is called with the size of each chunk written (for a progress bar).
     """
     dest = Path(dest)
@@ -174,6 +271,7 @@ def download_file(
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    bounds = _Bounds(size, max_bytes, min_rate, rate_window)
     resumed = False
     last_error: Exception | None = None
     attempts = 0
@@ -183,7 +281,7 @@ def download_file(
                 time.sleep(backoff * 2 ** (attempt - 1))
             attempts = attempt + 1
             try:
-                resumed |= _fetch_once(client, url, part, chunk_bytes, attempts, on_bytes)
+                resumed |= _fetch_once(client, url, part, bounds, chunk_bytes, attempts, on_bytes)
                 break
             except (_Transient, httpx.TransportError) as exc:
                 last_error = exc
@@ -254,7 +352,8 @@ def _tar_members(archive: Path, tf: tarfile.TarFile) -> list[tuple[_Member, tarf
 
 @contextmanager
 def _open_archive(archive: Path) -> Iterator[tuple[list[tuple[_Member, Any]], Callable[[Any], IO[bytes]]]]:
-    """The archive's checked-for-links members and a function opening a member's data stream."""
+    """The archive's checked-for-links members and a function opening a member's data stream. A tar archive's
+    stream is read to its end afterwards: a compressed stream checks its CRC and length only there."""
     name = archive.name.lower()
     if not is_archive(name):
         raise ValueError(f"{archive}: unsupported archive type (expected {', '.join(ARCHIVE_SUFFIXES)})")
@@ -264,29 +363,19 @@ def _open_archive(archive: Path) -> Iterator[tuple[list[tuple[_Member, Any]], Ca
     else:
         with tarfile.open(archive, "r:*") as tf:
             yield _tar_members(archive, tf), tf.extractfile
+            while tf.fileobj.read(HASH_CHUNK):
+                pass
 
 
-def extract_archive(archive: Path, target: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> list[Path]:
-    """Extract a .zip / .tar / .tar.gz / .tgz archive to `target` (which must not exist); returns the files, sorted.
-
-    Every member is checked before anything is written: absolute paths, paths escaping `target`, symbolic or hard
-    links, and a declared uncompressed total above `max_bytes` raise UnsafeArchiveError. Declared sizes bind: tar
-    members are read for exactly their header size, and zipfile stops at the declared size and checks the CRC (a
-    lying zip raises zipfile.BadZipFile). Extraction goes to a temporary sibling folder renamed to `target` at the
-    end, so `target` only ever appears complete; on any error the temporary folder is removed.
-    """
-    archive, target = Path(archive), Path(target)
-    if target.exists():
-        raise FileExistsError(f"{target} already exists; delete it to extract {archive} again")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)).resolve()
+def _extract(archive: Path, root: Path, max_bytes: int) -> list[Path]:
+    """Check every member, then write them under `root`; the files written. CorruptArchiveError when the archive
+    cannot be read to its end."""
     try:
         with _open_archive(archive) as (members, open_member):
-            paths = [_check_member(archive, member, tmp) for member, _ in members]
+            paths = [_check_member(archive, member, root) for member, _ in members]
             declared = sum(member.size for member, _ in members if not member.is_dir)
             if declared > max_bytes:
                 raise UnsafeArchiveError(f"{archive}: {declared} bytes uncompressed exceeds max_bytes={max_bytes}")
-            files = []
             for (member, info), path in zip(members, paths, strict=True):
                 if member.is_dir:
                     path.mkdir(parents=True, exist_ok=True)
@@ -294,9 +383,32 @@ def extract_archive(archive: Path, target: Path, *, max_bytes: int = DEFAULT_MAX
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open_member(info) as src, path.open("wb") as out:
                     shutil.copyfileobj(src, out, HASH_CHUNK)
-                files.append(target / path.relative_to(tmp))
+    except _UNREADABLE as exc:
+        why = " ".join(str(exc).split())  # tarfile's ReadError lists each method it tried, a line each
+        raise CorruptArchiveError(f"{archive} cannot be read to its end: truncated, corrupt or not an archive "
+                                  f"({type(exc).__name__}: {why}); delete it to download it again") from None
+    return [path for (member, _), path in zip(members, paths, strict=True) if not member.is_dir]
+
+
+def extract_archive(archive: Path, target: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> list[Path]:
+    """Extract a .zip / .tar / .tar.gz / .tgz archive to `target` (which must not exist); returns the files, sorted.
+
+    Every member is checked before anything is written: absolute paths, paths escaping `target`, symbolic or hard
+    links, and a declared uncompressed total above `max_bytes` raise UnsafeArchiveError. Declared sizes bind: tar
+    members are read for exactly their header size, and zipfile stops at the declared size and checks the CRC. An
+    archive that cannot be read to its end (truncated, corrupt, a lying zip) raises CorruptArchiveError. Extraction
+    goes to a temporary sibling folder renamed to `target` at the end, so `target` only ever appears complete; on any
+    error the temporary folder is removed.
+    """
+    archive, target = Path(archive), Path(target)
+    if target.exists():
+        raise FileExistsError(f"{target} already exists; delete it to extract {archive} again")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)).resolve()
+    try:
+        files = _extract(archive, tmp, max_bytes)
         tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return sorted(set(files))
+    return sorted({target / path.relative_to(tmp) for path in files})

@@ -1,19 +1,24 @@
-"""HTTP downloads (resume, retries, checksums) against a local test server, and safe archive extraction."""
+"""HTTP downloads (resume, retries, checksums, bounded transfers) against a local test server, and safe archive
+extraction."""
 
 import hashlib
 import io
+import random
 import socket
 import tarfile
+import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from m3e_hq.sources.catalog import Catalog, HttpFile, HttpObtain
 from m3e_hq.sources.download_http import (
     ChecksumError,
+    CorruptArchiveError,
     DownloadError,
     TransientDownloadError,
     UnsafeArchiveError,
@@ -21,6 +26,7 @@ from m3e_hq.sources.download_http import (
     extract_archive,
 )
 from m3e_hq.sources.errors import TransientError
+from m3e_hq.sources.fetch import fetch_source
 
 DATA = bytes(range(256)) * 400  # 102,400 bytes
 DATA_SHA = hashlib.sha256(DATA).hexdigest()
@@ -68,6 +74,45 @@ def status(code: int) -> Callable[[Request], Response]:
 def cut_short(request: Request) -> Response:
     """Announce the full length but send only the first half, then close the connection."""
     return Response(iter([DATA[:HALF]]), headers={"Content-Length": str(len(DATA))}, direct_passthrough=True)
+
+
+def streamed(chunks: Iterator[bytes], length: int | None = None) -> Response:
+    """A response sending `chunks` as they come, with Content-Length `length` (else none: the end of the body is
+    the end of the connection)."""
+    headers = {} if length is None else {"Content-Length": str(length)}
+    return Response(chunks, headers=headers, direct_passthrough=True)
+
+
+def trickle(request: Request) -> Response:
+    """DATA announced in full, sent a byte every 20 ms (50 bytes/s) for its first 200 bytes, then the connection
+    closes."""
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(200):
+            yield DATA[i : i + 1]
+            time.sleep(0.02)
+
+    return streamed(chunks(), len(DATA))
+
+
+def silent(request: Request) -> Response:
+    """Headers, then nothing for 3 s, then the connection closes."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b""
+        time.sleep(3)
+
+    return streamed(chunks())
+
+
+def endless(request: Request) -> Response:
+    """A body without end (no Content-Length), as fast as it can go."""
+
+    def chunks() -> Iterator[bytes]:
+        while True:
+            yield DATA[:8192]
+
+    return streamed(chunks())
 
 
 def ranges_sent(httpserver: HTTPServer) -> list[str | None]:
@@ -225,6 +270,98 @@ def test_checksum_mismatch_leaves_nothing(httpserver: HTTPServer, tmp_path: Path
     assert not isinstance(info.value, TransientError)
 
 
+# --- bounded transfers --------------------------------------------------------------------------------------------
+
+SLOW = {"min_rate": 10_000, "rate_window": 0.3}  # under 10 kB/s over 0.3 s is too slow
+
+
+def test_a_trickle_is_cut_and_the_download_resumed(httpserver: HTTPServer, tmp_path: Path) -> None:
+    httpserver.expect_request("/f.bin").respond_with_handler(in_sequence(trickle, serve_ranges(DATA)))
+    dest = tmp_path / "f.bin"
+    started = time.monotonic()
+
+    result = download_file(httpserver.url_for("/f.bin"), dest, DATA_SHA, **FAST, **SLOW)
+
+    assert time.monotonic() - started < 3  # cut after 0.3 s, not trickled for 4 s
+    first, second = ranges_sent(httpserver)
+    assert first is None and second.startswith("bytes=") and second != "bytes=0-"  # the bytes trickled are kept
+    assert result.resumed and result.attempts == 2 and dest.read_bytes() == DATA
+
+
+def test_a_server_that_only_trickles_fails_after_the_retries(httpserver: HTTPServer, tmp_path: Path) -> None:
+    httpserver.expect_request("/f.bin").respond_with_handler(trickle)
+    started = time.monotonic()
+
+    with pytest.raises(TransientDownloadError, match=r"after 2 attempts.*too slow: \d+ bytes in 0\.\d s, under "
+                       "10,000 bytes/s"):
+        download_file(httpserver.url_for("/f.bin"), tmp_path / "f.bin", retries=1, **FAST, **SLOW)
+
+    assert time.monotonic() - started < 3  # two cut transfers, not two 4 s trickles
+
+
+def test_a_server_that_sends_nothing_is_cut_by_the_idle_timeout(httpserver: HTTPServer, tmp_path: Path) -> None:
+    httpserver.expect_request("/f.bin").respond_with_handler(silent)
+    started = time.monotonic()
+
+    with pytest.raises(TransientDownloadError, match="after 2 attempts.*ReadTimeout"):
+        download_file(httpserver.url_for("/f.bin"), tmp_path / "f.bin", retries=1, backoff=0.01, timeout=0.3)
+
+    assert time.monotonic() - started < 2.5
+
+
+@pytest.mark.parametrize(("size", "says"), [(None, "more than the maximum download size of 50,000 bytes"),
+                                            (len(DATA), "more than the expected 102,400 bytes")])
+def test_a_body_without_end_fails_at_the_size_limit(httpserver: HTTPServer, tmp_path: Path, size: int | None,
+                                                    says: str) -> None:
+    httpserver.expect_request("/f.bin").respond_with_handler(endless)
+
+    with pytest.raises(DownloadError, match=f"sent {says} \\(a body without end\\?\\)") as info:
+        download_file(httpserver.url_for("/f.bin"), tmp_path / "f.bin", size=size, max_bytes=50_000, **FAST)
+
+    assert info.value.attempts == 1 and not isinstance(info.value, TransientError)  # the same body again would not end
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("handler", "limits", "says"), [
+    (lambda request: Response(DATA[:HALF]), {"size": len(DATA)},
+     "announces 51,200 bytes, not the expected 102,400: the file changed or the server is wrong"),
+    (lambda request: Response(DATA), {"max_bytes": 50_000},
+     "announces 102,400 bytes, over the maximum download size of 50,000 bytes"),
+])
+def test_an_announced_size_that_cannot_be_right_fails_before_the_body(
+    httpserver: HTTPServer, tmp_path: Path, handler: Callable[[Request], Response], limits: dict, says: str
+) -> None:
+    httpserver.expect_request("/f.bin").respond_with_handler(handler)
+
+    with pytest.raises(DownloadError, match=says) as info:
+        download_file(httpserver.url_for("/f.bin"), tmp_path / "f.bin", **limits, **FAST)
+
+    assert info.value.attempts == 1 and not isinstance(info.value, TransientError)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_content_length_the_body_never_reaches_fails_after_the_retries(httpserver: HTTPServer,
+                                                                         tmp_path: Path) -> None:
+    httpserver.expect_request("/f.bin").respond_with_handler(cut_short)
+
+    with pytest.raises(TransientDownloadError, match="after 3 attempts"):
+        download_file(httpserver.url_for("/f.bin"), tmp_path / "f.bin", retries=2, **FAST)
+
+    assert len(httpserver.log) == 3
+
+
+def test_a_body_short_of_the_expected_size_is_resumed(httpserver: HTTPServer, tmp_path: Path) -> None:
+    """Without a Content-Length a cut connection looks like the end of the body: the expected size tells."""
+    half_then_close = lambda request: streamed(iter([DATA[:HALF]]))
+    httpserver.expect_request("/f.bin").respond_with_handler(in_sequence(half_then_close, serve_ranges(DATA)))
+    dest = tmp_path / "f.bin"
+
+    result = download_file(httpserver.url_for("/f.bin"), dest, size=len(DATA), **FAST)
+
+    assert ranges_sent(httpserver) == [None, f"bytes={HALF}-"]
+    assert result.resumed and dest.read_bytes() == DATA
+
+
 # --- archives -----------------------------------------------------------------------------------------------------
 
 GOOD_FILES = {"data/train.jsonl": b'{"a": 1}\n', "data/dev/dev.jsonl": b'{"b": 2}\n', "README": b"hello"}
@@ -314,9 +451,65 @@ def test_zip_lying_about_its_size_fails_and_leaves_nothing(tmp_path: Path) -> No
     raw[central + 24 : central + 28] = (10).to_bytes(4, "little")
     archive.write_bytes(bytes(raw))
 
-    with pytest.raises(zipfile.BadZipFile, match="CRC"):
+    with pytest.raises(CorruptArchiveError, match="BadZipFile: Bad CRC-32"):
         extract_archive(archive, tmp_path / "out", max_bytes=100)
     assert [p.name for p in tmp_path.iterdir()] == ["liar.zip"]
+
+
+def tgz_of(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tf.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+BIG_FILES = {f"data/part{i}.bin": random.Random(i).randbytes(20_000) for i in range(4)}  # stored, not compressed
+TGZ = tgz_of(BIG_FILES)
+
+
+@pytest.mark.parametrize(("cut", "says"), [
+    (100, "EOFError: Compressed file ended before the end-of-stream marker was reached"),  # in the first member
+    (len(TGZ) // 2, "EOFError"),  # in the middle
+    (len(TGZ) - 4, "EOFError"),  # only the gzip trailer (its length) missing: every member reads in full
+    (0, "ReadError: file could not be opened successfully: - method gz"),  # empty, on one line
+])
+def test_a_truncated_tgz_is_refused_and_nothing_extracted(tmp_path: Path, cut: int, says: str) -> None:
+    archive = tmp_path / "cut.tgz"
+    archive.write_bytes(TGZ[:cut])
+
+    with pytest.raises(CorruptArchiveError, match="cut.tgz cannot be read to its end: truncated, corrupt or not an "
+                       "archive") as info:
+        extract_archive(archive, tmp_path / "out")
+
+    assert says in str(info.value) and "\n" not in str(info.value)
+    assert str(info.value).endswith("; delete it to download it again")
+    assert [p.name for p in tmp_path.iterdir()] == ["cut.tgz"]
+
+
+def test_a_corrupt_tgz_is_caught_by_the_gzip_check_at_its_end(tmp_path: Path) -> None:
+    damaged = bytearray(TGZ)
+    damaged[len(TGZ) // 2] ^= 0xFF  # still inflates, to other bytes: only the CRC at the end tells
+    archive = tmp_path / "damaged.tgz"
+    archive.write_bytes(bytes(damaged))
+
+    with pytest.raises(CorruptArchiveError, match="BadGzipFile: CRC check failed"):
+        extract_archive(archive, tmp_path / "out")
+    assert [p.name for p in tmp_path.iterdir()] == ["damaged.tgz"]
+
+
+def test_a_truncated_tgz_download_fails_the_source(httpserver: HTTPServer, tmp_path: Path, catalog: Catalog) -> None:
+    httpserver.expect_request("/simclue_public.tgz").respond_with_data(TGZ[: len(TGZ) // 2])
+    obtain = HttpObtain(kind="http", files=[HttpFile(url=httpserver.url_for("/simclue_public.tgz"))])
+    source = catalog.get("SimCLUE").model_copy(update={"obtain": obtain})
+
+    got = fetch_source(source, tmp_path / "cache", tmp_path / "manual")
+
+    assert got.status == "failed" and not got.transient
+    assert got.message.startswith("CorruptArchiveError: ") and "simclue_public.tgz cannot be read to its end" in got.message
+    assert not (tmp_path / "cache" / "sources" / "SimCLUE").exists()
 
 
 def test_existing_target_is_not_overwritten(tmp_path: Path) -> None:

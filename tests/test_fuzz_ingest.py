@@ -28,10 +28,15 @@ DEEP = "[" * 500 + "]" * 500
 CONTROL = "".join(map(chr, [*range(0x20), *range(0x7F, 0xA0)])) + "\u200b\u200d\u2060\ufeff\u2028"
 LONE_SURROGATE_BYTES = b"\xed\xa0\x80"  # U+D800 as (invalid) UTF-8
 
-# Strings: ordinary, control characters, lone surrogates, whitespace only, huge.
+# Pieces of text still encoded: literal escapes, entities (double-encoded, of no character), tags, a backslash.
+ENCODED = ["\\u200b", "\\u003d", "\\ud800", "\\u4e2d", "\\", "&nbsp;", "&amp;", "&amp;lt;", "&#0;", "&#x7;", "&#xd800;",
+           "&#13;", "&#x200b;", "<br clear=\"all\">", "<p>", "</p>", "&lt;br&gt;", "A&B", "<", "\u3000", "中", "a"]
+
+# Strings: ordinary, control characters, lone surrogates, whitespace only, huge, text still encoded.
 strings = st.one_of(
     st.text(max_size=20),
     st.text(alphabet=CONTROL + "ab中文 \n\t", max_size=20),
+    st.lists(st.sampled_from(ENCODED), max_size=8).map("".join),
     st.sampled_from(["", " ", "\u3000\n\t", "\ud800", "a\udcffb", HUGE, "中" * 100_001]),
 )
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), strings)
@@ -111,6 +116,7 @@ def run_ingest(name: str, files: dict[str, bytes], split: str = "train") -> tupl
             assert value and value == value.strip() and len(value) <= 100_000
             value.encode("utf-8")  # no lone surrogates
             assert not any(c in value for c in "\x00\x07\x1b\r\u200b\ufeff")
+            assert "&nbsp;" not in value and "<br" not in value  # decoded, or quarantined as encoded_text
         assert row["source"] == name and row["split"] == split
     return counts, rows
 

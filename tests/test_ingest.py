@@ -14,6 +14,7 @@ from m3e_hq.flows.stages.ingest import ingest_source
 from m3e_hq.schemas import DROPPED_SCHEMA, M3E_HQ_SCHEMA, SchemaError, validate_table
 from m3e_hq.sources.catalog import default_catalog
 from m3e_hq.sources.layout import SAMPLES_DIR, locate
+from m3e_hq.sources.readers import SourceFile
 
 NAMES = default_catalog().names
 
@@ -88,6 +89,32 @@ def test_files_saved_with_a_byte_order_mark_give_what_they_give_without(tmp_path
     marked = ingest_source(source, locate(source, tmp_path / name).files, tmp_path / "marked")
     assert (marked.read, marked.kept, marked.dropped) == (plain.read, plain.kept, plain.dropped)
     assert pq.read_table(marked.kept_path).equals(pq.read_table(plain.kept_path))
+
+
+# pluto-junzeng/ChineseSquad @ 6cc7b1c squad_2.0/dev-v2.0-zh.json, 黑死病 paragraphs[18] (../shared/data/real/
+# chinese_squad/), cut before its last sentence: the literal \u200b\u200b is real; the tag and the entities are planted
+# as HTML leaves them.
+PLAGUE_CONTEXT = ("在整个14至17世纪，鼠疫多次返回困扰欧洲和地中海。<br clear=\"all\">根据Biraben的说法，瘟疫每年在1346年至1671年之间"
+                  "\\u200b\\u200b出现在欧洲某个地方。第二次大流行在接下来的几年特别普遍：1360-63；&nbsp;随后的爆发虽然很严重，"
+                  "但标志着欧洲大部分地区（18世纪）和北非地区（19世纪）的消退。")
+PLAGUE_DECODED = ("在整个14至17世纪，鼠疫多次返回困扰欧洲和地中海。\n根据Biraben的说法，瘟疫每年在1346年至1671年之间出现在欧洲某个"
+                  "地方。第二次大流行在接下来的几年特别普遍：1360-63； 随后的爆发虽然很严重，但标志着欧洲大部分地区（18世纪）和北非"
+                  "地区（19世纪）的消退。")
+
+
+def test_text_still_encoded_is_decoded_or_quarantined_with_a_reason(tmp_path, catalog):
+    answer = [{"text": "在整个14至17世纪", "answer_start": 0}]
+    qas = [{"question": "瘟疫什么时候回到欧洲？", "id": "572654e2708984140094c2b7", "answers": answer, "is_impossible": False},
+           {"question": "瘟疫什么时候&amp;nbsp;回到欧洲？", "id": "x1", "answers": answer, "is_impossible": False}]
+    doc = {"version": None, "data": [{"title": "黑死病", "paragraphs": [{"qas": qas, "context": PLAGUE_CONTEXT}]}]}
+    path = tmp_path / "dev-zen-v1.0.json"
+    path.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    counts = ingest_source(catalog.get("Chinese-SQuAD"), [SourceFile(path, path.name, "validation")], tmp_path / "out")
+    assert (counts.read, counts.kept, counts.dropped) == (2, 1, {"encoded_text": 1})
+    kept = pq.read_table(counts.kept_path).to_pylist()
+    assert [(r["text"], r["text_pos"]) for r in kept] == [("瘟疫什么时候回到欧洲？", PLAGUE_DECODED)]
+    dropped = pq.read_table(counts.dropped_path).to_pylist()
+    assert json.loads(dropped[0]["raw"])["question"] == "瘟疫什么时候&amp;nbsp;回到欧洲？"  # as it was
 
 
 def test_ids_are_identical_across_two_runs(tmp_path, catalog):

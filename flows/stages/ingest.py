@@ -34,6 +34,7 @@ class IngestReason(Reason):
     MISSING_FIELD = "missing_field", "a required field is absent or null"
     WRONG_TYPE = "wrong_type", "a text field that is not a string"
     EMPTY_TEXT = "empty_text", "a side that is empty after clean-up"
+    ENCODED_TEXT = "encoded_text", "a side still encoded after decoding, where decoding further would be a guess"
     TEXT_TOO_LONG = "text_too_long", "a side longer than max_chars"
     MISSING_TABLE = "missing_table", "NL2SQL: the question's table is not in the tables file"
     BAD_SQL = "bad_sql", "NL2SQL: the question's structured query cannot be rendered"

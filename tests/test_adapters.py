@@ -146,19 +146,57 @@ def test_detokenize_and_zh_cn():
     assert zh_cn("臺灣的歷史") == "台湾的历史"
 
 
-def test_squad_gives_one_pair_per_question(tmp_path):
+def test_squad_gives_one_pair_per_answerable_question(tmp_path):
+    answers = [{"text": "上", "answer_start": 0}]
     doc = {"data": [{"title": "t", "paragraphs": [
-        {"context": "上下文", "qas": [{"question": "问一", "is_impossible": False}, {"question": "问二", "is_impossible": True}, 7]},
-        {"qas": [{"question": "问三"}]},
+        {"context": "上下文", "qas": [
+            {"question": "问一", "answers": answers, "is_impossible": False}, {"question": "问二", "is_impossible": True},
+            7, {"question": "问四", "answers": []}, {"question": "问五"}, {"question": "问六", "answers": "上"}]},
+        {"qas": [{"question": "问三", "answers": answers}]},
         "not a paragraph",
     ]}, 5]}
     file = sample_file(tmp_path, "dev.json", json.dumps(doc, ensure_ascii=False).encode())
     got = [(c.locator, c.text, c.text_pos, c.reason) for c in adapt_squad([file], SquadAdapter(name="squad"))]
     assert got == [
         ("dev.json:0/0/0", "问一", "上下文", None), ("dev.json:0/0/1", None, None, "unanswerable"),
-        ("dev.json:0/0/2", None, None, "invalid_record"), ("dev.json:0/1/0", "问三", None, None),
+        ("dev.json:0/0/2", None, None, "invalid_record"), ("dev.json:0/0/3", None, None, "unanswerable"),
+        ("dev.json:0/0/4", None, None, "missing_field"), ("dev.json:0/0/5", None, None, "wrong_type"),
+        ("dev.json:0/1/0", "问三", None, None),
         ("dev.json:0/2", None, None, "invalid_record"), ("dev.json:1", None, None, "invalid_record"),
     ]
+
+
+# A real paragraph: pluto-junzeng/ChineseSquad @ 6cc7b1c, squad_2.0/dev-v2.0-zh.json, 黑死病 paragraphs[6] (via
+# ../shared/data/real/chinese_squad/), its 7 questions cut to 5, the fifth's is_impossible left out (planted); the
+# literal \u200b\u200b is in the real context.
+BLACK_DEATH_CONTEXT = (
+    "在中世纪，医学知识停滞了。当时最权威的说法来自巴黎的医学院，该报告致法国国王，指责天堂，以1345年"
+    "三颗行星合在一起的形式引起了“空气中的巨大瘟疫”。这份报告成为了一系列旨在为患者提供建议的瘟疫的第一"
+    "份，也是分发最广泛的一份。瘟疫是由恶劣的空气引起\\u200b\\u200b的，这成为最广泛接受的理"
+    "论。如今，这被称为弥亚理论。“瘟疫”一词目前没有特殊意义，只有中世纪爆发的流行才使它成为医学术语。")
+BLACK_DEATH_QAS = [
+    {"question": "黑死病最初应归咎于什么？", "id": "57264b3edd62a815002e80aa", "answers": [{"text": "天堂", "answer_start": 41}],
+     "is_impossible": False},
+    {"question": "医疗报告是为谁写的？", "id": "57264b3edd62a815002e80ab", "answers": [{"text": "法国国王", "answer_start": 34}],
+     "is_impossible": False},
+    {"question": "瘟疫蔓延的背后是什么新的，更广泛接受的理论？", "id": "57264b3edd62a815002e80ac",
+     "answers": [{"text": "空气中的巨大瘟疫", "answer_start": 65}], "is_impossible": False},
+    {"question": "法国国王住在哪个城市？", "id": "5a2ec55da83784001a7d245b", "answers": [], "is_impossible": True},
+    {"question": "到底是什么造成了瘟疫？", "id": "5a2ec55da83784001a7d245c", "answers": []},  # is_impossible left out
+]
+
+
+def test_squad_questions_without_answers_are_unanswerable_and_keep_their_context(tmp_path, catalog):
+    doc = {"version": None, "data": [{"title": "黑死病", "paragraphs": [
+        {"qas": BLACK_DEATH_QAS, "context": BLACK_DEATH_CONTEXT}]}]}
+    file = sample_file(tmp_path, "dev-zen-v1.0.json", json.dumps(doc, ensure_ascii=False).encode(), "validation")
+    counts = ingest_source(catalog.get("Chinese-SQuAD"), [file], tmp_path / "out")
+    assert (counts.read, counts.kept, counts.dropped) == (5, 3, {"unanswerable": 2})
+    dropped = pq.read_table(counts.dropped_path).to_pylist()
+    assert [json.loads(row["raw"])["id"] for row in dropped] == ["5a2ec55da83784001a7d245b", "5a2ec55da83784001a7d245c"]
+    assert all(json.loads(row["raw"])["context"] == BLACK_DEATH_CONTEXT for row in dropped)
+    kept = pq.read_table(counts.kept_path).to_pylist()
+    assert {row["text_pos"] for row in kept} == {BLACK_DEATH_CONTEXT.replace("\\u200b", "")}
 
 
 TABLE = {"id": "t1", "name": "Table_t1", "header": ["楼盘", "均价", "城市"], "types": ["text", "real", "text"]}

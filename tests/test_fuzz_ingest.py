@@ -326,8 +326,9 @@ article = st.one_of(junk, st.fixed_dictionaries({}, optional={
        ensure_ascii=st.booleans(), data=st.data())
 def test_squad_never_raises(articles, n_valid, seed, ensure_ascii, data):
     valid = valid_pairs(n_valid)
-    good = {"title": "t", "paragraphs": [{"context": a, "qas": [{"question": q, "is_impossible": False}]}
-                                         for q, a in valid]}
+    good = {"title": "t", "paragraphs": [
+        {"context": a, "qas": [{"question": q, "answers": [{"text": a[:2], "answer_start": 0}], "is_impossible": False}]}
+        for q, a in valid]}
     raw = to_json_bytes({"version": 1, "data": interleave(articles, [good] if valid else [], seed)}, ensure_ascii)
     if data.draw(st.booleans(), label="damage"):
         run_ingest("Chinese-SQuAD", {"squad-zen/train.json": data.draw(damaged(raw), label="damaged")})

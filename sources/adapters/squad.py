@@ -35,7 +35,21 @@ def _paragraphs(article: NativeRecord, split: str, spec: SquadAdapter) -> Iterat
             q_locator = f"{locator}/{q_index}"
             if not isinstance(qa, dict):
                 yield Candidate(split, q_locator, reason="invalid_record", raw=qa)
-            elif spec.answerable_only and qa.get("is_impossible") is True:
-                yield Candidate(split, q_locator, reason="unanswerable", raw=qa)
+                continue
+            raw = {**qa, "context": context}  # a quarantined question keeps the paragraph it was asked about
+            reason = _unanswerable(qa) if spec.answerable_only else None
+            if reason:
+                yield Candidate(split, q_locator, reason=reason, raw=raw)
             else:
-                yield Candidate(split, q_locator, qa.get("question"), context, raw={**qa, "context": context})
+                yield Candidate(split, q_locator, qa.get("question"), context, raw=raw)
+
+
+def _unanswerable(qa: dict) -> str | None:
+    """Why a question cannot be shown answerable: marked impossible, or no answer (a file may leave `is_impossible`
+    out), no `answers` at all, or `answers` that are not a list; None when it is answerable."""
+    answers = qa.get("answers")
+    if qa.get("is_impossible") is True or answers == []:
+        return "unanswerable"
+    if answers is None:
+        return "missing_field"
+    return None if isinstance(answers, list) else "wrong_type"

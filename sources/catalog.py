@@ -1,7 +1,7 @@
 """The source catalog (sources/catalog.yaml): loaded once, validated with pydantic, with errors that name the entry."""
 
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
 import yaml
@@ -54,10 +54,17 @@ Obtain = Annotated[HubObtain | HttpObtain | ManualObtain, Field(discriminator="k
 
 
 class FileGroup(Strict):
-    """Native files of one split: a glob relative to the source's folder."""
+    """Native files of one split: a glob relative to the source's folder, and the companion files each of them needs
+    beside it (`{stem}`: the file's name without its last suffix, e.g. `{stem}.tables.json` for NL2SQL tables)."""
 
     glob: str
     split: str
+    companions: list[str] = []
+
+    def companions_of(self, relpath: str) -> list[str]:
+        """The companion files of the native file (or glob) at `relpath`, as paths relative to the same folder."""
+        path = PurePosixPath(relpath)
+        return [path.with_name(c.format(stem=path.stem)).as_posix() for c in self.companions]
 
 
 class PairFields(Strict):
@@ -152,6 +159,15 @@ class Source(Strict):
     @property
     def available(self) -> bool:
         return not (isinstance(self.obtain, ManualObtain) and self.obtain.unavailable)
+
+    @model_validator(mode="after")
+    def _manual_files_are_the_globs(self) -> "Source":
+        if isinstance(self.obtain, ManualObtain):
+            globs = [path for g in self.files for path in (g.glob, *g.companions_of(g.glob))]
+            if sorted(self.obtain.files) != sorted(globs):
+                raise ValueError(f"obtain.files {self.obtain.files} must name the file globs and their companions "
+                                 f"{globs}")
+        return self
 
     @model_validator(mode="after")
     def _eval_splits_exist(self) -> "Source":

@@ -5,12 +5,15 @@ happened and whose message says what to do. Statuses (`ObtainStatus`):
 
     cached       complete in the cache; nothing downloaded
     downloaded   downloaded now and recorded as complete
-    present      a manual source with every expected file in the manual folder
-    partial      a manual source with some of its files (only those are read)
+    present      a manual source with every expected file (and companion) in the manual folder, at any depth
+    partial      a manual source with some of its files (only those are read; the message names the others)
     skipped      a manual source with none of its files: download it by hand
     unavailable  a source that cannot be downloaded any more (a copy in the manual folder is still read)
-    failed       the download failed (the reason is recorded and shown by `m3e-hq sources`); `transient` when
-                 it may pass (the downloader's own retries ran out on a timeout, network error, 408, 429 or 5xx)
+    failed       the download failed, or a file is found in several folders (the reason is recorded and shown by
+                 `m3e-hq sources`); `transient` when it may pass (the downloader's own retries ran out on a timeout,
+                 network error, 408, 429 or 5xx)
+
+`check_folder` is the same check for a folder given with `--raw-dir`.
 """
 
 import shutil
@@ -28,7 +31,7 @@ from m3e_hq.sources.catalog import HttpObtain, HubObtain, ManualObtain, Source
 from m3e_hq.sources.download_http import DownloadError, UnsafeArchiveError, download_file, extract_archive, is_archive
 from m3e_hq.sources.download_hub import HubError, fetch_hub
 from m3e_hq.sources.errors import TransientError
-from m3e_hq.sources.layout import locate
+from m3e_hq.sources.layout import Located, locate
 
 
 @dataclass
@@ -64,20 +67,56 @@ class FetchError(RuntimeError):
 
 
 def check_manual(source: Source, manual_root: Path) -> Obtained:
-    """Which of a manual source's expected files are in `<manual_root>/<source>/`, and what to do if some are not."""
+    """A manual source's files in `<manual_root>/<source>/`, as `check_folder` finds them; with none of them there,
+    skipped (or unavailable) with where to get them and where to put them."""
     obtain = source.obtain
     assert isinstance(obtain, ManualObtain)
     folder = manual_root / source.name
-    present = [f for f in obtain.files if (folder / f).is_file()]
-    missing = [f for f in obtain.files if f not in present]
-    files = cache.file_sizes(folder, present)
-    if not missing:
-        return Obtained(source.name, ObtainStatus.PRESENT, folder, files=files)
-    if present:
-        return Obtained(source.name, ObtainStatus.PARTIAL, folder, f"{', '.join(missing)} missing from {folder}/: "
-                        "only the files present are read", files=files, missing=missing)
+    obtained = check_folder(source, folder)
+    if obtained.status != ObtainStatus.PRESENT or obtained.files:
+        return obtained
     status = ObtainStatus.UNAVAILABLE if obtain.unavailable else ObtainStatus.SKIPPED
-    return Obtained(source.name, status, None, manual_guidance(obtain, folder, missing), missing=missing)
+    return Obtained(source.name, status, None, manual_guidance(obtain, folder, obtained.missing),
+                    missing=obtained.missing)
+
+
+def check_folder(source: Source, folder: Path) -> Obtained:
+    """The native files a user placed in `folder` (the manual folder, `--raw-dir`): `failed` when a file is found
+    in several folders, `partial` when some are absent (named, with the splits not built),
+    else `present` (also when none are there: the caller says what that means). The message names the files found
+    below where the catalog puts them."""
+    located = locate(source, folder)
+    problems = ambiguities(located, folder)
+    if problems:
+        return Obtained(source.name, ObtainStatus.FAILED, None, "; ".join(problems), missing=located.missing)
+    notes = [f"found {', '.join(globs)} in {base}/" for base, globs in moved_by_folder(located).items()]
+    status = ObtainStatus.PRESENT
+    if located.missing and located.files:
+        status = ObtainStatus.PARTIAL
+        notes.insert(0, missing_note(source, located, folder))
+    files = cache.file_sizes(folder, [f.relpath for f in located.files] + located.companions)
+    return Obtained(source.name, status, folder, "; ".join(notes) or None, files=files, missing=located.missing)
+
+
+def missing_note(source: Source, located: Located, folder: Path) -> str:
+    """Which files are absent and which splits are therefore not built."""
+    read = {f.split for f in located.files}
+    unbuilt = [split for split in dict.fromkeys(g.split for g in source.files) if split not in read]
+    splits = f" (split {', '.join(unbuilt)} not built)" if unbuilt else ""
+    return f"{', '.join(located.missing)} missing from {folder}/{splits}: only the files present are read"
+
+
+def moved_by_folder(located: Located) -> dict[str, list[str]]:
+    """The globs whose files were found below where the catalog puts them, by the folder they were found in."""
+    by_folder: dict[str, list[str]] = {}
+    for glob, base in located.moved.items():
+        by_folder.setdefault(base, []).append(glob)
+    return by_folder
+
+
+def ambiguities(located: Located, folder: Path) -> list[str]:
+    return [f"{glob} is in {len(bases)} folders under {folder}/ ({', '.join(b + '/' for b in bases)}): leave only "
+            "this source's copy there" for glob, bases in located.ambiguous.items()]
 
 
 def manual_guidance(obtain: ManualObtain, folder: Path, files: list[str]) -> str:
@@ -148,11 +187,11 @@ def _download(source: Source, cache_root: Path) -> Obtained:
         unknown = [f.url for f in obtain.files if not f.sha256]
         notes += [f"no sha256 in the catalog for {url}; downloaded {hashes[url]}" for url in unknown]
     located = locate(source, folder)
+    where = f"{obtain.repo}@{revision}" if isinstance(obtain, HubObtain) else ", ".join(hashes)
     if located.missing:
-        where = f"{obtain.repo}@{revision}" if isinstance(obtain, HubObtain) else ", ".join(hashes)
         raise FetchError(f"{where} has no files matching {', '.join(located.missing)}: the layout changed? "
                          "fix the file globs in sources/catalog.yaml")
-    files = cache.file_sizes(folder, [f.relpath for f in located.files])
+    files = cache.file_sizes(folder, [f.relpath for f in located.files] + located.companions)
     cache.write_record(cache_root, source, CacheState.CACHED, revision=revision, sha256=hashes, files=files)
     return Obtained(source.name, ObtainStatus.DOWNLOADED, folder, "; ".join(notes) or None, revision, hashes, files)
 

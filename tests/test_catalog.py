@@ -121,3 +121,12 @@ def test_duplicate_names_and_non_list_catalogs_are_rejected(tmp_path):
         load_catalog(bad)
     with pytest.raises(CatalogError, match="cannot read catalog"):
         load_catalog(tmp_path / "absent.yaml")
+
+
+def test_a_manual_sources_file_list_must_name_its_globs_and_their_companions(tmp_path):
+    def drop_a_tables_file(entries):
+        zhuiyi = next(e for e in entries if e["name"] == "Zhuiyi-NL2SQL")
+        zhuiyi["obtain"]["files"].remove("val/val.tables.json")
+
+    with pytest.raises(CatalogError, match="source 'Zhuiyi-NL2SQL': .*must name the file globs and their companions"):
+        load_catalog(write_catalog(tmp_path, drop_a_tables_file))

@@ -355,14 +355,14 @@ def test_present_manual_sources_are_ingested_and_partial_ones_flagged(tmp_path, 
             if (SAMPLES_DIR / name / rel).exists():
                 (manual / name / rel).parent.mkdir(parents=True, exist_ok=True)
                 (manual / name / rel).write_bytes((SAMPLES_DIR / name / rel).read_bytes())
-    (manual / "Zhuiyi-NL2SQL" / "val" / "val.tables.json").unlink()
     obtained = obtain_sources(BuildParams(sources=["lawzhidao", "Zhuiyi-NL2SQL", "amazon_reviews_multi"],
                                           cache_dir=tmp_path / "cache", manual_dir=manual))
     law, zhuiyi, amazon = ({o.source: o for o in obtained}[n] for n in ("lawzhidao", "Zhuiyi-NL2SQL",
                                                                          "amazon_reviews_multi"))
     assert law.status == "present" and law.folder == manual / "lawzhidao"
-    assert zhuiyi.status == "partial" and zhuiyi.missing == ["train/train.json", "train/train.tables.json",
-                                                                 "val/val.tables.json"]
+    assert zhuiyi.status == "partial" and zhuiyi.missing == ["train/train.json", "train/train.tables.json"]
+    assert zhuiyi.message == (f"train/train.json, train/train.tables.json missing from {manual / 'Zhuiyi-NL2SQL'}/ "
+                              "(split train not built): only the files present are read")
     assert amazon.status == "unavailable" and amazon.message.startswith("unavailable: taken down")
     result = ingest_one(law, tmp_path / "out", 100_000)
     assert (result.counts.read, result.counts.kept) == (expected("lawzhidao")["read"], expected("lawzhidao")["kept"])
@@ -386,3 +386,64 @@ def test_cache_and_manual_folders_follow_options_then_environment(tmp_path, monk
     assert (cache.cache_dir(), cache.manual_dir()) == (tmp_path / "env-cache", tmp_path / "env-manual")
     assert cache.cache_dir(tmp_path / "opt") == tmp_path / "opt"
     assert BuildParams(manual_dir=tmp_path / "m").manual_root == tmp_path / "m"
+
+
+# --- files placed by hand or with --raw-dir: any depth, companions ---------------------------------------------
+
+# brightmart/nlp_chinese_corpus: each zip unpacks into a folder of its own.
+BRIGHTMART_FOLDERS = {"news2016zh": "new2016zh", "baike2018qa": "baike_qa2019", "webtext2019zh": "webtext2019zh"}
+
+
+def unzip_sample_into(folder: Path, name: str, inside: str) -> None:
+    """The source's sample files zipped under `inside/`, unpacked into `folder` as a user would."""
+    members = {f"{inside}/{rel}": (SAMPLES_DIR / name / rel).read_bytes() for rel in sample_files(name)}
+    with zipfile.ZipFile(io.BytesIO(zip_of(members))) as archive:
+        archive.extractall(folder)
+
+
+def copy_sample(folder: Path, name: str) -> None:
+    for rel in sample_files(name):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes((SAMPLES_DIR / name / rel).read_bytes())
+
+
+def test_unzipped_brightmart_corpora_are_found_in_their_folders_and_named(tmp_path):
+    manual = tmp_path / "manual"
+    for name, inside in BRIGHTMART_FOLDERS.items():
+        unzip_sample_into(manual / name, name, inside)
+    got = {o.source: o for o in obtain_sources(BuildParams(sources=list(BRIGHTMART_FOLDERS), manual_dir=manual))}
+    for name, inside in BRIGHTMART_FOLDERS.items():
+        assert got[name].status == "present" and got[name].files == {f"{inside}/{rel}": size for rel, size in
+                                                                     sample_files(name).items()}
+        result = ingest_one(got[name], tmp_path / "out", 100_000)
+        assert result.files == list(got[name].files)  # the located files, read where they were found
+        assert (result.counts.read, result.counts.kept) == (expected(name)["read"], expected(name)["kept"])
+    assert got["news2016zh"].message == "found news2016zh_train.json, news2016zh_valid.json in new2016zh/"
+
+
+def test_a_file_found_in_several_folders_fails_the_source_naming_them(tmp_path):
+    manual = tmp_path / "manual" / "DuSQL"  # the whole 千言 semantic parsing folder put where DuSQL's files go
+    for inside, name in (("DuSQL", "DuSQL"), ("CSpider", "Cspider")):
+        unzip_sample_into(manual, name, inside)
+    [got] = obtain_sources(BuildParams(sources=["DuSQL"], manual_dir=tmp_path / "manual"))
+    assert got.status == "failed" and got.folder is None
+    assert got.message == (f"train.json is in 2 folders under {manual}/ (CSpider/, DuSQL/): leave only this source's "
+                           f"copy there; dev.json is in 2 folders under {manual}/ (CSpider/, DuSQL/): leave only this "
+                           "source's copy there")
+
+
+def test_absent_tables_files_make_the_questions_missing_on_every_path(tmp_path, catalog):
+    for folder in (tmp_path / "manual" / "Zhuiyi-NL2SQL", tmp_path / "raw" / "Zhuiyi-NL2SQL"):
+        copy_sample(folder, "Zhuiyi-NL2SQL")
+        (folder / "val" / "val.tables.json").unlink()
+    manual = tmp_path / "manual" / "Zhuiyi-NL2SQL"
+    for got in (fetch_source(catalog.get("Zhuiyi-NL2SQL"), tmp_path / "cache", tmp_path / "manual"),
+                *obtain_sources(BuildParams(sources=["Zhuiyi-NL2SQL"], manual_dir=tmp_path / "manual"))):
+        assert got.status == "skipped" and got.missing == ["train/train.json", "train/train.tables.json",
+                                                           "val/val.tables.json"]
+        assert got.message.endswith(f"and put train/train.json, train/train.tables.json, val/val.tables.json in "
+                                    f"{manual}/")
+    [result] = build_sources(BuildParams(sources=["Zhuiyi-NL2SQL"], raw_dir=tmp_path / "raw",
+                                         out_dir=tmp_path / "out"))["results"]
+    assert result.status == "missing" and result.counts is None  # not 100 % missing_table rows reported as ok
+    assert result.missing_files == ["train/train.json", "train/train.tables.json", "val/val.tables.json"]

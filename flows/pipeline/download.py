@@ -19,7 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from m3e_hq.flows.pipeline.params import BuildParams
 from m3e_hq.schemas import ObtainStatus
 from m3e_hq.sources.catalog import default_catalog
-from m3e_hq.sources.fetch import Obtained, fetch_source
+from m3e_hq.sources.fetch import Obtained, check_folder, fetch_source
 
 DOWNLOAD_FLOW_NAME = "download-m3e-hq-sources"
 RETRY_DELAYS = [10, 30, 90]
@@ -34,10 +34,14 @@ class TransientFetchError(RuntimeError):
 
 
 def obtain_one(source_name: str, params: BuildParams) -> Obtained:
-    """The source's folder: in the samples or the local folder, or downloaded / cached / hand-placed."""
-    if params.input_dir is not None:
+    """The source's folder: in the samples, or in the local folder as checked like the manual folder (absent or
+    not-the-data files, companions, files at any depth), or downloaded / cached / hand-placed."""
+    source = default_catalog().get(source_name)
+    if params.raw_dir is not None:
+        return check_folder(source, params.raw_dir / source_name)
+    if params.input_dir is not None:  # the shipped samples, which hold some splits of some sources by design
         return Obtained(source_name, ObtainStatus.PRESENT, params.input_dir / source_name)
-    return fetch_source(default_catalog().get(source_name), params.cache_root, params.manual_root)
+    return fetch_source(source, params.cache_root, params.manual_root)
 
 
 def checked(params: BuildParams, obtained: list[Obtained]) -> list[Obtained]:

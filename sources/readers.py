@@ -67,11 +67,43 @@ def _read_parquet(file: SourceFile) -> Iterator[NativeRecord]:
         batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS)
         index = 0
         for batch in batches:
-            for row in batch.to_pylist():
-                yield NativeRecord(f"{file.relpath}:{index}", record=row)
+            for row in _rows(batch):
+                locator = f"{file.relpath}:{index}"
+                if isinstance(row, str):
+                    yield NativeRecord(locator, reason="unreadable_value", raw=row)
+                else:
+                    yield NativeRecord(locator, record=row)
                 index += 1
     except (OSError, pa.ArrowException) as exc:
         yield NativeRecord(f"{file.relpath}:file", reason="unreadable_file", raw=f"{type(exc).__name__}: {exc}")
+
+
+# What converting an Arrow value Python cannot hold raises: a timestamp or date past year 9999, a duration too long.
+_UNCONVERTIBLE = (OverflowError, ValueError)
+
+
+def _rows(batch: pa.RecordBatch) -> list[dict | str]:
+    """The batch's rows as dicts; a row holding a value Python cannot hold becomes its cells as text instead."""
+    try:
+        return batch.to_pylist()
+    except _UNCONVERTIBLE:
+        return [_row(batch.slice(index, 1)) for index in range(batch.num_rows)]
+
+
+def _row(row: pa.RecordBatch) -> dict | str:
+    try:
+        return row.to_pylist()[0]
+    except _UNCONVERTIBLE:
+        return json.dumps({name: _cell(column) for name, column in zip(row.schema.names, row.columns)},
+                          ensure_ascii=False, default=str)
+
+
+def _cell(column: pa.Array) -> Any:
+    """A one-row column's value, or Arrow's text for it when Python cannot hold it (`<value out of range: …>`)."""
+    try:
+        return column.to_pylist()[0]
+    except _UNCONVERTIBLE as exc:
+        return f"{column.type}: {' '.join(column.to_string().split())} ({type(exc).__name__}: {exc})"
 
 
 def _read_jsonl(file: SourceFile, encoding: str) -> Iterator[NativeRecord]:

@@ -214,6 +214,7 @@ def test_render_sql_from_the_structured_query():
     {"sel": [0], "agg": [0], "conds": [[0, 7, "x"]]},  # unknown operator
     {"sel": [0, 1], "agg": [0], "conds": []},  # sel and agg differ in length
     {"sel": [-1], "agg": [0], "conds": []},
+    {"sel": [0], "agg": [0], "conds": [[1, 0, 10**400]]},  # too large for a float, on the real column 均价
     "SELECT 1",
 ])
 def test_render_sql_rejects_malformed_queries(sql):

@@ -251,6 +251,9 @@ column_types = {
     "struct": (pa.struct([("a", pa.string())]), st.one_of(st.none(), st.fixed_dictionaries(
         {"a": st.one_of(st.none(), st.text(max_size=5))}))),
     "binary": (pa.binary(), st.one_of(st.none(), st.binary(max_size=10))),
+    # past year 9999 too: Python cannot hold those (unreadable_value)
+    "timestamp": (pa.timestamp("ms"), st.one_of(st.none(), st.integers(-(2**62), 2**62))),
+    "date": (pa.date32(), st.one_of(st.none(), st.integers(-(2**30), 2**30))),
 }
 
 

@@ -117,6 +117,46 @@ def test_text_still_encoded_is_decoded_or_quarantined_with_a_reason(tmp_path, ca
     assert json.loads(dropped[0]["raw"])["question"] == "瘟疫什么时候&amp;nbsp;回到欧洲？"  # as it was
 
 
+def test_a_parquet_value_python_cannot_hold_quarantines_its_row_only(tmp_path, catalog):
+    """cmrc2018's real train sample with a crawl-time column: a timestamp and a date past year 9999 in two rows."""
+    source = catalog.get("cmrc2018")
+    sample = SAMPLES_DIR / "cmrc2018" / "data" / "train-00000-of-00001.parquet"
+    table = pq.read_table(sample)
+    seconds = [0] * table.num_rows
+    seconds[2] = 10**12  # year 33658
+    days = [0] * table.num_rows
+    days[20] = 2**30
+    table = table.append_column("crawled_at", pa.array(seconds, pa.int64()).cast(pa.timestamp("s")))
+    table = table.append_column("crawled_on", pa.array(days, pa.int32()).cast(pa.date32()))
+    path = tmp_path / "raw" / "data" / sample.name
+    path.parent.mkdir(parents=True)
+    pq.write_table(table, path)
+    plain = ingest_source(source, [SourceFile(sample, "data/" + sample.name, "train")], tmp_path / "plain")
+    odd = ingest_source(source, [SourceFile(path, "data/" + sample.name, "train")], tmp_path / "odd")
+    assert (odd.read, odd.kept) == (plain.read, plain.kept - 2)
+    assert odd.dropped == {**plain.dropped, "unreadable_value": 2}
+    dropped = [r for r in pq.read_table(odd.dropped_path).to_pylist() if r["reason"] == "unreadable_value"]
+    assert [r["locator"] for r in dropped] == [f"data/{sample.name}:2", f"data/{sample.name}:20"]
+    raw = json.loads(dropped[0]["raw"])
+    assert raw["question"] == table.column("question")[2].as_py() and "out of range" in raw["crawled_at"]
+
+
+def test_a_tableqa_number_too_large_for_a_real_is_bad_sql(tmp_path, catalog):
+    """A real val.json question (TableQA @ 46aff3e, line 6) whose condition value on a real column is 10**400."""
+    source = catalog.get("Zhuiyi-NL2SQL")
+    shutil.copytree(SAMPLES_DIR / source.name, tmp_path / source.name)
+    questions = tmp_path / source.name / "val" / "val.json"
+    line = json.loads(questions.read_bytes().split(b"\n")[5])  # the file holds a planted non-UTF-8 line
+    assert line["sql"]["conds"] == [[7, 1, "11"]]
+    line["sql"]["conds"] = [[7, 1, 10**400]]
+    with questions.open("ab") as handle:
+        handle.write(b"\n" + json.dumps(line, ensure_ascii=False).encode() + b"\n")
+    plain = ingest_source(source, locate(source, SAMPLES_DIR / source.name).files, tmp_path / "plain")
+    odd = ingest_source(source, locate(source, tmp_path / source.name).files, tmp_path / "odd")
+    assert (odd.read, odd.kept) == (plain.read + 1, plain.kept)
+    assert odd.dropped == {**plain.dropped, "bad_sql": plain.dropped["bad_sql"] + 1}
+
+
 def test_ids_are_identical_across_two_runs(tmp_path, catalog):
     source = catalog.get("SimCLUE")
     files = locate(source, SAMPLES_DIR / source.name).files

@@ -29,6 +29,7 @@ class IngestReason(Reason):
     INVALID_JSON = "invalid_json", "a line or file that does not parse as JSON"
     INVALID_RECORD = "invalid_record", "a record that is not an object, or a top level that is not the expected list"
     UNREADABLE_FILE = "unreadable_file", "a file that cannot be read past a point: counted once"
+    UNREADABLE_VALUE = "unreadable_value", "a Parquet row holding a value Python cannot hold (a timestamp past 9999)"
     LABEL_FILTERED = "label_filtered", "not a positive pair by the source's rule"
     UNANSWERABLE = "unanswerable", "SQuAD question marked impossible or with no answers"
     MISSING_FIELD = "missing_field", "a required field is absent or null"

@@ -109,10 +109,13 @@ def _column(header: list, col: Any) -> str:
 
 
 def _is_number(value: Any) -> bool:
+    """Whether a condition value reads as a number; an integer too large for a float is no value of a real column."""
     try:
         float(value)
     except (TypeError, ValueError):
         return False
+    except OverflowError:
+        raise BadSQL(f"condition value {str(value)[:20]}… ({len(str(value))} digits) is too large for a real") from None
     return True
 
 

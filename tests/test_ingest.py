@@ -59,6 +59,7 @@ def test_kept_text_is_cleaned(samples_build):
             for value in kept.column(column).to_pylist():
                 assert value == value.strip()
                 assert not any(c in value for c in "\u200b\u200c\u200d\u2060\ufeff\x00\x07\r"), (result.source, value)
+                assert not any(e in value for e in ("\\u200b", "\\u003d", "&nbsp;", "<br")), (result.source, value)
 
 
 def test_source_specific_mapping_on_the_samples(samples_build):
@@ -75,6 +76,8 @@ def test_source_specific_mapping_on_the_samples(samples_build):
     assert all(r["text_pos"].startswith("SELECT ") and " FROM " in r["text_pos"] for r in nl2sql)
     xlsum = kept("xlsum")
     assert len({r["text"] for r in xlsum}) < len(xlsum)  # two pairs per article share its title
+    squad = kept("Chinese-SQuAD")  # real \u003d, planted &nbsp; and <br clear="all">, decoded
+    assert sum("较小的项。\n这使得界限" in r["text_pos"] and "T（n）= 7n2" in r["text_pos"] for r in squad) == 2
 
 
 @pytest.mark.parametrize("name", ["lawzhidao", "alpaca_gpt4", "SimCLUE", "Chinese-SQuAD", "Zhuiyi-NL2SQL"])

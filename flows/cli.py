@@ -142,7 +142,7 @@ def status_text(o: Obtained) -> str:
             return f"cached @{o.revision[:12]}"
         return "cached sha256 " + ", ".join(h[:12] for h in o.sha256.values())
     if o.status == "present":
-        return "manual: present"
+        return "manual: present" + (f" ({o.message})" if o.message else "")
     if o.status == "partial":
         return f"manual: partial (missing {', '.join(o.missing)})"
     if o.status == "skipped":
@@ -382,9 +382,9 @@ def build(
     print_published(summary["published"])
     for r in results:
         if r.status != "ok":
-            console.print(f"[yellow]{r.source}: {r.status}[/yellow] — {escape(str(r.message))}")
+            console.print(f"[yellow]{r.source}: {r.status}[/yellow] — {escape(str(r.message))}", soft_wrap=True)
         elif r.message:
-            console.print(f"{r.source}: {escape(r.message)}")
+            console.print(f"{r.source}: {escape(r.message)}", soft_wrap=True)
     failed = [r.source for r in results if r.status == "failed"]
     if failed:
         console.print(f"[red]error:[/red] {len(failed)} of {len(results)} sources failed: {', '.join(failed)} (why "

@@ -9,9 +9,10 @@ happened and whose message says what to do. Statuses (`ObtainStatus`):
     partial      a manual source with some of its files (only those are read; the message names the others)
     skipped      a manual source with none of its files: download it by hand
     unavailable  a source that cannot be downloaded any more (a copy in the manual folder is still read)
-    failed       the download failed, or a file is found in several folders (the reason is recorded and shown by
-                 `m3e-hq sources`); `transient` when it may pass (the downloader's own retries ran out on a timeout,
-                 network error, 408, 429 or 5xx)
+    failed       the download failed, or a file is not the data (a Git LFS pointer, an HTML page, an empty file)
+                 or is found in several folders (the reason is recorded and shown by `m3e-hq sources`);
+                 `transient` when it may pass (the downloader's own retries ran out on a timeout, network error,
+                 408, 429 or 5xx)
 
 `check_folder` is the same check for a folder given with `--raw-dir`.
 """
@@ -32,6 +33,7 @@ from m3e_hq.sources.download_http import DownloadError, UnsafeArchiveError, down
 from m3e_hq.sources.download_hub import HubError, fetch_hub
 from m3e_hq.sources.errors import TransientError
 from m3e_hq.sources.layout import Located, locate
+from m3e_hq.sources.sniff import NotData, not_data
 
 
 @dataclass
@@ -81,12 +83,13 @@ def check_manual(source: Source, manual_root: Path) -> Obtained:
 
 
 def check_folder(source: Source, folder: Path) -> Obtained:
-    """The native files a user placed in `folder` (the manual folder, `--raw-dir`): `failed` when a file is found
-    in several folders, `partial` when some are absent (named, with the splits not built),
+    """The native files a user placed in `folder` (the manual folder, `--raw-dir`): `failed` when one is not the
+    data or a file is found in several folders, `partial` when some are absent (named, with the splits not built),
     else `present` (also when none are there: the caller says what that means). The message names the files found
     below where the catalog puts them."""
     located = locate(source, folder)
-    problems = ambiguities(located, folder)
+    problems = ambiguities(located, folder) + [f"{rel} is {bad.what}, not the data: {remedy(source, bad, folder / rel)}"
+                                               for rel, bad in not_data_files(located, folder)]
     if problems:
         return Obtained(source.name, ObtainStatus.FAILED, None, "; ".join(problems), missing=located.missing)
     notes = [f"found {', '.join(globs)} in {base}/" for base, globs in moved_by_folder(located).items()]
@@ -117,6 +120,33 @@ def moved_by_folder(located: Located) -> dict[str, list[str]]:
 def ambiguities(located: Located, folder: Path) -> list[str]:
     return [f"{glob} is in {len(bases)} folders under {folder}/ ({', '.join(b + '/' for b in bases)}): leave only "
             "this source's copy there" for glob, bases in located.ambiguous.items()]
+
+
+def not_data_files(located: Located, folder: Path) -> list[tuple[str, NotData]]:
+    """The located files (companions included) that are not the data, by path relative to `folder`."""
+    relpaths = [f.relpath for f in located.files] + located.companions
+    return [(rel, bad) for rel in relpaths if (bad := not_data(folder / rel)) is not None]
+
+
+def origin(source: Source) -> str:
+    """Where the source's files can be had: its page, its Hub repo or its URLs."""
+    obtain = source.obtain
+    if isinstance(obtain, ManualObtain):
+        return obtain.page
+    if isinstance(obtain, HubObtain):
+        return f"https://huggingface.co/datasets/{obtain.repo}"
+    return ", ".join(f.url for f in obtain.files)
+
+
+def remedy(source: Source, bad: NotData, path: Path) -> str:
+    """What to do about the placed file at `path`, which is not the data."""
+    if bad.kind == "lfs":
+        return (f"run `git lfs pull` in the clone it was copied from (or download the file itself from "
+                f"{origin(source)}), then copy it to {path}")
+    if bad.kind == "page":
+        return (f"a login or error page was saved under the file's name; download the file itself from "
+                f"{origin(source)} to {path}")
+    return f"download it again from {origin(source)} to {path}"
 
 
 def manual_guidance(obtain: ManualObtain, folder: Path, files: list[str]) -> str:
@@ -157,6 +187,7 @@ def fetch_http(obtain: HttpObtain, folder: Path, downloads: Path) -> dict[str, s
             result = download_file(item.url, downloads / name, item.sha256,
                                    on_bytes=progress.counter(f"download {name}", "bytes"))
             hashes[item.url] = result.sha256
+            _refuse_not_data(result.path, item.url)
             if is_archive(name):
                 unpacked = staging.with_name(f"{staging.name}.{i}")
                 shutil.rmtree(unpacked, ignore_errors=True)
@@ -171,6 +202,30 @@ def fetch_http(obtain: HttpObtain, folder: Path, downloads: Path) -> dict[str, s
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return hashes
+
+
+def _refuse_not_data(path: Path, url: str) -> None:
+    """Raise FetchError when the file downloaded from `url` is not the data (it is removed, so that the next run
+    fetches it again)."""
+    bad = not_data(path)
+    if bad is not None:
+        path.unlink()
+        raise FetchError(f"{url} sent {bad.what}, not the data (a login wall, an error or proxy page?): check the URL "
+                         "in sources/catalog.yaml, or download the file by hand")
+
+
+def _refuse_not_data_files(source: Source, located: Located, folder: Path, where: str) -> None:
+    """Raise FetchError naming the downloaded files that are not the data (removed, so that none is kept as
+    complete)."""
+    bad = not_data_files(located, folder)
+    if not bad:
+        return
+    for rel, _ in bad:
+        (folder / rel).unlink()
+    hint = ("check HF_ENDPOINT (a mirror or proxy answering for the Hub?) and download again"
+            if isinstance(source.obtain, HubObtain) else "check the URL in sources/catalog.yaml, or download the "
+            "file by hand")
+    raise FetchError(f"{where}: {'; '.join(f'{rel} is {b.what}' for rel, b in bad)}, not the data: {hint}")
 
 
 def _download(source: Source, cache_root: Path) -> Obtained:
@@ -191,6 +246,7 @@ def _download(source: Source, cache_root: Path) -> Obtained:
     if located.missing:
         raise FetchError(f"{where} has no files matching {', '.join(located.missing)}: the layout changed? "
                          "fix the file globs in sources/catalog.yaml")
+    _refuse_not_data_files(source, located, folder, where)
     files = cache.file_sizes(folder, [f.relpath for f in located.files] + located.companions)
     cache.write_record(cache_root, source, CacheState.CACHED, revision=revision, sha256=hashes, files=files)
     return Obtained(source.name, ObtainStatus.DOWNLOADED, folder, "; ".join(notes) or None, revision, hashes, files)

@@ -15,15 +15,17 @@ import pytest
 from conftest import EXPECTED_DIR, fake_commit
 from pytest_httpserver import HTTPServer
 from test_download_http import in_sequence, serve_ranges
+from typer.testing import CliRunner
 from werkzeug import Request, Response
 
+from m3e_hq.flows.cli import app
 from m3e_hq.flows.pipeline import download
 from m3e_hq.flows.pipeline.build import build_sources, ingest_one
 from m3e_hq.flows.pipeline.download import MissingSourcesError, download_m3e_hq_sources, obtain_sources
 from m3e_hq.flows.pipeline.params import BuildParams
 from m3e_hq.schemas import CacheState, ObtainStatus
 from m3e_hq.sources import cache, fetch
-from m3e_hq.sources.catalog import HttpFile, HttpObtain, HubObtain, Source
+from m3e_hq.sources.catalog import HttpFile, HttpObtain, HubObtain, Source, default_catalog
 from m3e_hq.sources.download_http import DownloadError, TransientDownloadError, download_file, file_sha256
 from m3e_hq.sources.download_hub import HubError, TransientHubError, fetch_hub
 from m3e_hq.sources.errors import TransientError
@@ -388,8 +390,19 @@ def test_cache_and_manual_folders_follow_options_then_environment(tmp_path, monk
     assert BuildParams(manual_dir=tmp_path / "m").manual_root == tmp_path / "m"
 
 
-# --- files placed by hand or with --raw-dir: any depth, companions ---------------------------------------------
+# --- files placed by hand or with --raw-dir: any depth, companions, files that are not the data -------------------
 
+# What a clone without `git lfs pull` leaves in place of a large file (https://git-lfs.com/spec/v1).
+LFS_POINTER = (b"version https://git-lfs.github.com/spec/v1\n"
+               b"oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
+               b"size 61357913\n")
+# What a cloud drive answers for an expired share link, saved under the data file's name.
+LOGIN_PAGE = ('<!DOCTYPE html>\n<html lang="zh-CN"><head><meta charset="utf-8">\n'
+              "<title>百度网盘-链接不存在</title></head><body><div>啊哦，你所访问的页面不存在了。</div></body></html>\n"
+              ).encode()
+NOT_DATA = {"lfs": (LFS_POINTER, "is a Git LFS pointer to a 61,357,913-byte file, not the data: run `git lfs pull`"),
+            "html": (LOGIN_PAGE, "is an HTML page titled '百度网盘-链接不存在', not the data: a login or error page"),
+            "empty": (b"", "is empty (0 bytes), not the data: download it again from")}
 # brightmart/nlp_chinese_corpus: each zip unpacks into a folder of its own.
 BRIGHTMART_FOLDERS = {"news2016zh": "new2016zh", "baike2018qa": "baike_qa2019", "webtext2019zh": "webtext2019zh"}
 
@@ -432,6 +445,23 @@ def test_a_file_found_in_several_folders_fails_the_source_naming_them(tmp_path):
                            "source's copy there")
 
 
+@pytest.mark.parametrize("kind", NOT_DATA)
+def test_a_placed_file_that_is_not_the_data_fails_the_source_on_every_path(tmp_path, kind):
+    content, says = NOT_DATA[kind]
+    for folder in (tmp_path / "manual" / "Chinese-SQuAD", tmp_path / "raw" / "Chinese-SQuAD"):
+        copy_sample(folder, "Chinese-SQuAD")
+        (folder / "squad-zen" / "dev-zen-v1.0.json").write_bytes(content)
+    for params in (BuildParams(sources=["Chinese-SQuAD"], manual_dir=tmp_path / "manual", out_dir=tmp_path / "m"),
+                   BuildParams(sources=["Chinese-SQuAD"], raw_dir=tmp_path / "raw", out_dir=tmp_path / "r")):
+        [result] = build_sources(params)["results"]
+        assert result.status == "failed" and result.counts is None
+        assert result.message.startswith(f"squad-zen/dev-zen-v1.0.json {says}")
+        assert "https://github.com/pluto-junzeng/ChineseSquad" in result.message
+        assert not (params.build_dir / "ingest" / "Chinese-SQuAD.parquet").exists()
+    listed = source_status(default_catalog().get("Chinese-SQuAD"), tmp_path / "cache", tmp_path / "manual")
+    assert listed.status == "failed" and says in listed.message
+
+
 def test_absent_tables_files_make_the_questions_missing_on_every_path(tmp_path, catalog):
     for folder in (tmp_path / "manual" / "Zhuiyi-NL2SQL", tmp_path / "raw" / "Zhuiyi-NL2SQL"):
         copy_sample(folder, "Zhuiyi-NL2SQL")
@@ -447,3 +477,56 @@ def test_absent_tables_files_make_the_questions_missing_on_every_path(tmp_path, 
                                          out_dir=tmp_path / "out"))["results"]
     assert result.status == "missing" and result.counts is None  # not 100 % missing_table rows reported as ok
     assert result.missing_files == ["train/train.json", "train/train.tables.json", "val/val.tables.json"]
+
+
+def test_an_http_download_that_is_an_html_page_fails_before_unpacking(httpserver, tmp_path, catalog):
+    httpserver.expect_request("/tasks/simclue_public.zip").respond_with_data(LOGIN_PAGE, content_type="text/html")
+    source = served(catalog.get("SimCLUE"), httpserver, None)
+    got = fetch_source(source, tmp_path / "cache", tmp_path / "manual")
+    assert got.status == "failed" and not got.transient
+    assert got.message == (f"FetchError: {source.obtain.files[0].url} sent an HTML page titled '百度网盘-链接不存在', "
+                           "not the data (a login wall, an error or proxy page?): check the URL in "
+                           "sources/catalog.yaml, or download the file by hand")
+    assert not list(cache.downloads_folder(tmp_path / "cache", "SimCLUE").iterdir())  # fetched again next time
+
+
+def test_a_hub_mirror_serving_lfs_pointers_fails_the_source(mock_hub, tmp_path, catalog):
+    source = catalog.get("cmrc2018")
+    served_files = mock_hub.repos["hfl/cmrc2018"].commits[source.obtain.revision]
+    (served_files / "data" / "train-00000-of-00001.parquet").write_bytes(LFS_POINTER)
+    got = fetch_source(source, tmp_path / "cache", tmp_path / "manual")
+    assert got.status == "failed"
+    assert got.message == (f"FetchError: hfl/cmrc2018@{source.obtain.revision}: data/train-00000-of-00001.parquet is "
+                           "a Git LFS pointer to a 61,357,913-byte file, not the data: check HF_ENDPOINT (a mirror or "
+                           "proxy answering for the Hub?) and download again")
+    assert not (cache.source_folder(tmp_path / "cache", "cmrc2018") / "data" / "train-00000-of-00001.parquet").exists()
+
+
+def test_the_console_names_absent_splits_where_files_were_found_and_files_that_are_not_the_data(prefect_api, tmp_path,
+                                                                                                tiny_encoder):
+    raw = tmp_path / "raw"
+    validation = "data/validation-00000-of-00001.parquet"  # cmrc2018 without its train and test files
+    (raw / "cmrc2018" / "data").mkdir(parents=True)
+    (raw / "cmrc2018" / validation).write_bytes((SAMPLES_DIR / "cmrc2018" / validation).read_bytes())
+    unzip_sample_into(raw / "news2016zh", "news2016zh", "new2016zh")
+    copy_sample(raw / "Chinese-SQuAD", "Chinese-SQuAD")
+    (raw / "Chinese-SQuAD" / "squad-zen" / "dev-zen-v1.0.json").write_bytes(LFS_POINTER)
+    result = CliRunner().invoke(app, ["build", "--raw-dir", str(raw), "-s", "cmrc2018,news2016zh,Chinese-SQuAD",
+                                      "--out", str(tmp_path / "out"), "--encoder", str(tiny_encoder)])
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert (f"cmrc2018: data/train-*.parquet, data/test-*.parquet missing from {raw / 'cmrc2018'}/ (split train, test "
+            "not built): only the files present are read") in lines
+    assert "news2016zh: found news2016zh_train.json, news2016zh_valid.json in new2016zh/" in lines
+    assert [line for line in lines if line.startswith("Chinese-SQuAD: failed — squad-zen/dev-zen-v1.0.json is a Git "
+                                                      "LFS pointer to a 61,357,913-byte file, not the data: run `git "
+                                                      "lfs pull` in the clone")]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["sources"]["cmrc2018"]["missing_files"] == ["data/train-*.parquet", "data/test-*.parquet"]
+    assert manifest["sources"]["news2016zh"]["files"] == ["new2016zh/news2016zh_train.json",
+                                                          "new2016zh/news2016zh_valid.json"]
+    copy_sample(tmp_path / "manual" / "Zhuiyi-NL2SQL", "Zhuiyi-NL2SQL")  # and `m3e-hq download`'s flow
+    (tmp_path / "manual" / "Zhuiyi-NL2SQL" / "val" / "val.tables.json").unlink()
+    [zhuiyi] = download_m3e_hq_sources(sources=["Zhuiyi-NL2SQL"], cache_dir=str(tmp_path / "cache"),
+                                       manual_dir=str(tmp_path / "manual"))
+    assert zhuiyi.status == "skipped" and "val/val.tables.json" in zhuiyi.message

@@ -85,8 +85,8 @@ def check_manual(source: Source, manual_root: Path) -> Obtained:
 def check_folder(source: Source, folder: Path) -> Obtained:
     """The native files a user placed in `folder` (the manual folder, `--raw-dir`): `failed` when one is not the
     data or a file is found in several folders, `partial` when some are absent (named, with the splits not built),
-    else `present` (also when none are there: the caller says what that means). The message names the files found
-    below where the catalog puts them."""
+    else `present` (also when none are there, with a message saying so: the caller says what that means). The
+    message names the files found below where the catalog puts them."""
     located = locate(source, folder)
     problems = ambiguities(located, folder) + [f"{rel} is {bad.what}, not the data: {remedy(source, bad, folder / rel)}"
                                                for rel, bad in not_data_files(located, folder)]
@@ -97,6 +97,8 @@ def check_folder(source: Source, folder: Path) -> Obtained:
     if located.missing and located.files:
         status = ObtainStatus.PARTIAL
         notes.insert(0, missing_note(source, located, folder))
+    elif located.missing:
+        notes.insert(0, f"no files matching {', '.join(located.missing)} in {folder}/")
     files = cache.file_sizes(folder, [f.relpath for f in located.files] + located.companions)
     return Obtained(source.name, status, folder, "; ".join(notes) or None, files=files, missing=located.missing)
 

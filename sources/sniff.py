@@ -23,9 +23,13 @@ class NotData(NamedTuple):
 
 
 def not_data(path: Path) -> NotData | None:
-    """What the file at `path` is when it cannot be the data; None when it may be."""
-    with path.open("rb") as handle:
-        head = handle.read(HEAD_BYTES)
+    """What the file at `path` is when it cannot be the data; None when it may be (or cannot be opened: the reader
+    then quarantines it as unreadable_file)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(HEAD_BYTES)
+    except OSError:
+        return None
     if not head:
         return NotData("empty", "empty (0 bytes)")
     if head.startswith(LFS_SPECS):

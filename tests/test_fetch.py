@@ -530,3 +530,20 @@ def test_the_console_names_absent_splits_where_files_were_found_and_files_that_a
     [zhuiyi] = download_m3e_hq_sources(sources=["Zhuiyi-NL2SQL"], cache_dir=str(tmp_path / "cache"),
                                        manual_dir=str(tmp_path / "manual"))
     assert zhuiyi.status == "skipped" and "val/val.tables.json" in zhuiyi.message
+
+
+def test_require_all_with_raw_dir_fails_on_absent_files_but_not_on_unavailable_sources(tmp_path):
+    raw = tmp_path / "raw"
+    validation = "data/validation-00000-of-00001.parquet"
+    (raw / "cmrc2018" / "data").mkdir(parents=True)
+    (raw / "cmrc2018" / validation).write_bytes((SAMPLES_DIR / "cmrc2018" / validation).read_bytes())
+    with pytest.raises(MissingSourcesError) as err:
+        obtain_sources(BuildParams(raw_dir=raw, sources=["cmrc2018", "ocnli", "amazon_reviews_multi"],
+                                   require_all=True))
+    cmrc, ocnli = raw / "cmrc2018", raw / "ocnli"
+    assert str(err.value).splitlines() == [
+        "2 selected sources were not obtained (require_all):",
+        (f"  cmrc2018: partial: data/train-*.parquet, data/test-*.parquet missing from {cmrc}/ (split train, test "
+         "not built): only the files present are read"),
+        (f"  ocnli: missing: no files matching ocnli/train-*.parquet, ocnli/validation-*.parquet, "
+         f"ocnli/test-*.parquet in {ocnli}/")]

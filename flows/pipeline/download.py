@@ -46,10 +46,12 @@ def obtain_one(source_name: str, params: BuildParams) -> Obtained:
 
 def checked(params: BuildParams, obtained: list[Obtained]) -> list[Obtained]:
     """`obtained`, after raising MissingSourcesError, when `require_all`, listing every source that is absent,
-    incomplete or failed, with what to do."""
-    lacking = [o for o in obtained if o.status != ObtainStatus.UNAVAILABLE and (not o.ok or o.missing)]
+    incomplete or failed, with what to do (a --raw-dir folder without any of its files as `missing`, as the build
+    reports it)."""
+    catalog = default_catalog()
+    lacking = [o for o in obtained if catalog.get(o.source).available and (not o.ok or o.missing)]
     if params.require_all and lacking:
-        lines = [f"  {o.source}: {o.status}: {o.message}" for o in lacking]
+        lines = [f"  {o.source}: {'missing' if o.ok and not o.files else o.status}: {o.message}" for o in lacking]
         raise MissingSourcesError(f"{len(lacking)} selected sources were not obtained (require_all):\n"
                                   + "\n".join(lines))
     return obtained

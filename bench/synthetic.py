@@ -38,7 +38,7 @@ class Shape:
 
 SHAPES = (
     Shape("lcqmc", 0.25, "LCQMC/train/0000.parquet", "sentence1", "sentence2", (10, 0.4), (11, 0.4)),
-    Shape("zhihu_kol", 0.25, "data/train-00000-of-00001.parquet", "INSTRUCTION", "RESPONSE", (16, 0.5), (220, 1.0)),
+    Shape("zhihu_kol", 0.25, "data/train-00000-of-00005-5f2e9b1c3d4a6e70.parquet", "INSTRUCTION", "RESPONSE", (16, 0.5), (220, 1.0)),
     Shape("firefily", 0.30, "firefly-train-1.1M.jsonl", "input", "target", (35, 0.8), (90, 1.0)),
     Shape("news2016zh", 0.20, "news2016zh_train.json", "title", "content", (18, 0.3), (600, 0.7)),
 )

@@ -31,6 +31,7 @@ class HubObtain(Strict):
 class HttpFile(Strict):
     url: str = Field(pattern=r"^https?://")
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    size: int | None = Field(None, gt=0)  # bytes, when known: a body of another length fails the download
 
 
 class HttpObtain(Strict):

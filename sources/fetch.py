@@ -186,7 +186,7 @@ def fetch_http(obtain: HttpObtain, folder: Path, downloads: Path) -> dict[str, s
     try:
         for i, item in enumerate(obtain.files):
             name = _file_name(item.url)
-            result = download_file(item.url, downloads / name, item.sha256,
+            result = download_file(item.url, downloads / name, item.sha256, size=item.size,
                                    on_bytes=progress.counter(f"download {name}", "bytes"))
             hashes[item.url] = result.sha256
             _refuse_not_data(result.path, item.url)

@@ -279,6 +279,20 @@ def test_http_checksum_mismatch_is_rejected_and_not_cached(httpserver, tmp_path,
     assert source_status(source, tmp_path / "cache", tmp_path / "manual").status == "failed"
 
 
+def test_the_catalogs_size_bounds_the_http_download(httpserver, tmp_path, catalog):
+    body = simclue_zip()
+    httpserver.expect_request("/tasks/simclue_public.zip").respond_with_data(body)
+    source = served(catalog.get("SimCLUE"), httpserver, None)
+    sized = source.model_copy(update={"obtain": HttpObtain(kind="http", files=[
+        HttpFile(url=source.obtain.files[0].url, size=len(body) - 1)])})
+    got = fetch_source(sized, tmp_path / "cache", tmp_path / "manual")
+    assert got.status == "failed" and f"announces {len(body):,} bytes, not the expected {len(body) - 1:,}" in got.message
+    assert not cache.source_folder(tmp_path / "cache", "SimCLUE").exists()
+    right = sized.model_copy(update={"obtain": HttpObtain(kind="http", files=[
+        HttpFile(url=source.obtain.files[0].url, size=len(body))])})
+    assert fetch_source(right, tmp_path / "cache", tmp_path / "manual").status == "downloaded"
+
+
 def test_http_archive_escaping_its_folder_is_rejected(httpserver, tmp_path, catalog):
     evil = zip_of({"simclue_public/train_pair_postive.json": b"{}\n", "../../escaped.txt": b"gotcha"})
     httpserver.expect_request("/tasks/simclue_public.zip").respond_with_data(evil)

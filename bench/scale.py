@@ -71,10 +71,11 @@ def run_pipeline(raw: Path, build: Path, mine_sample: int) -> dict:
     stages: dict[str, dict] = {}
     start = time.perf_counter()
 
-    def timed(stage, result) -> None:
+    def timed(stage, run) -> None:
         nonlocal start
-        stages[stage.name] = {"seconds": time.perf_counter() - start, "read": sum(c.read for c in result.counts),
-                              "kept": sum(c.kept for c in result.counts)}
+        counts = run.results[stage.name].counts
+        stages[stage.name] = {"seconds": time.perf_counter() - start, "read": sum(c.read for c in counts),
+                              "kept": sum(c.kept for c in counts)}
         start = time.perf_counter()
 
     intake, cpu_context = Intake.of(obtain_sources(params)), context(params)

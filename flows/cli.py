@@ -354,7 +354,7 @@ def build(
 
     from m3e_hq import progress
     from m3e_hq.flows.core.accounting import check_writable
-    from m3e_hq.flows.pipeline.build import TaskRunnerError, build_m3e_hq, task_runner
+    from m3e_hq.flows.pipeline.build import SuspectSourcesError, TaskRunnerError, build_m3e_hq, task_runner
 
     try:
         flow = build_m3e_hq.with_options(task_runner=task_runner(runner, ray_address))
@@ -367,7 +367,7 @@ def build(
         check_writable(params.build_dir)
         with progress.showing(console), quiet_output_errors(), one_api_server(runner):
             summary = flow(params)
-    except MissingSourcesError as exc:
+    except (MissingSourcesError, SuspectSourcesError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     except OSError as exc:
@@ -385,11 +385,17 @@ def build(
             console.print(f"[yellow]{r.source}: {r.status}[/yellow] — {escape(str(r.message))}", soft_wrap=True)
         elif r.message:
             console.print(f"{r.source}: {escape(r.message)}", soft_wrap=True)
-    failed = [r.source for r in results if r.status == "failed"]
-    if failed:
-        console.print(f"[red]error:[/red] {len(failed)} of {len(results)} sources failed: {', '.join(failed)} (why "
-                      "above); the other sources were built", soft_wrap=True)
+    problem = sources_problem(results)
+    if problem:
+        console.print(f"[red]error:[/red] {problem}", soft_wrap=True)
         raise typer.Exit(1)
+
+
+def sources_problem(results: list) -> str | None:
+    """The build's last line when sources failed or are suspect (exit status 1), else None."""
+    parts = [f"{len(names)} of {len(results)} sources {status}: {', '.join(names)}"
+             for status in ("failed", "suspect") if (names := [r.source for r in results if r.status == status])]
+    return "; ".join(parts) + " (why above); the other sources were built" if parts else None
 
 
 def output_problem(exc: OSError) -> bool:

@@ -101,6 +101,7 @@ class SourceStatus(StrEnum):
     """How a source fared in a build."""
 
     OK = "ok"
+    SUSPECT = "suspect"  # ingested, but no row kept or most rows quarantined for a structural reason
     MISSING = "missing"  # its folder lacks the files
     SKIPPED = "skipped"  # a manual source not there
     UNAVAILABLE = "unavailable"  # a manual source that cannot be downloaded any more, not there

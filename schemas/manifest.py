@@ -36,6 +36,21 @@ class ObtainedSummary(Record):
     missing: list[str] = []
 
 
+class SuspectSummary(Record):
+    """Why a source is suspect (flows/pipeline/suspect.py: Suspicion): the dominant reason and its rows, out of the
+    rows the source's own rule leaves; the keys of sampled quarantined rows, or excerpts of those that are not
+    objects; what to check."""
+
+    reason: str
+    rows: int
+    structural: int
+    considered: int
+    kept: int
+    sample_keys: list[list[str]]
+    sample_rows: list[str]
+    check: str
+
+
 class SourceSummary(Record):
     """How one source fared in the build (flows/pipeline/build.py: SourceResult.summary)."""
 
@@ -45,6 +60,7 @@ class SourceSummary(Record):
     files: list[str] = []
     missing_files: list[str] = []
     obtained: ObtainedSummary | None = None
+    suspect: SuspectSummary | None = None
 
 
 class SourceCounts(Record):

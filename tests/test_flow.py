@@ -3,6 +3,7 @@
 import inspect
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -94,6 +95,48 @@ def test_missing_sources_are_reported_with_what_to_do(prefect_server, tmp_path):
     assert "lawzhidao_filter.csv" in status["lawzhidao"].message
     assert status["amazon_reviews_multi"].message.startswith("unavailable: taken down")
     assert status["cmrc2018"].message.startswith("no files matching data/train-*.parquet")
+
+
+def test_a_source_whose_records_lack_the_mapped_keys_is_suspect_in_the_table_the_manifest_and_the_exit_status(
+        prefect_server, tmp_path, tiny_encoder):
+    raw = tmp_path / "raw"
+    shutil.copytree(SAMPLES_DIR / "ocnli", raw / "ocnli")
+    # SimCLUE's train_pair.json (sentence1, sentence2, label) saved under the positive pairs' name.
+    (raw / "SimCLUE").mkdir()
+    records = [{"sentence1": f"借呗能提前还吗{i}", "sentence2": f"借呗可以提前还款吗{i}", "label": "1"} for i in range(30)]
+    (raw / "SimCLUE" / "train_pair_postive.json").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["build", "--raw-dir", str(raw), "-s", "ocnli,SimCLUE", "--encoder", str(tiny_encoder), "--cache-dir",
+            str(tmp_path / "cache")]
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("│ SimCLUE"))
+    assert [cell.strip() for cell in row.split("│")[2:7]] == ["suspect", "30", "0", "0", "30"]
+    output = result.output.replace("\n", "")
+    assert "SimCLUE: suspect — missing_field quarantined 30 of 30 rows, 0 kept; keys of sampled rows: " \
+           "['sentence1', 'sentence2', 'label']; the records lack the fields the adapter reads (text ← query, " \
+           "text_pos ← title)" in output
+    assert result.output.rstrip().splitlines()[-1] == ("error: 1 of 2 sources suspect: SimCLUE (why above); the "
+                                                      "other sources were built")
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["sources"]["ocnli"]["status"] == "ok" and manifest["sources"]["ocnli"]["suspect"] is None
+    entry = manifest["sources"]["SimCLUE"]
+    assert entry["status"] == "suspect" and entry["message"].startswith("missing_field quarantined 30 of 30 rows")
+    assert {k: entry["suspect"][k] for k in ("reason", "rows", "considered", "kept", "sample_keys")} == {
+        "reason": "missing_field", "rows": 30, "considered": 30, "kept": 0,
+        "sample_keys": [["sentence1", "sentence2", "label"]]}
+    assert "map the keys they hold (sources/catalog.yaml)" in entry["suspect"]["check"]
+    assert {p.name for p in (out / "m3e-hq" / "data").iterdir()} == {"ocnli"}  # the others are published
+
+    strict = tmp_path / "strict"
+    result = CliRunner().invoke(app, [*args, "--out", str(strict), "--require-all"])
+    assert result.exit_code == 1, result.output
+    assert result.output.replace("\n", "").count("error: 1 selected sources did not ingest as their data "
+                                                 "(require_all): nothing was filtered or published") == 1
+    assert "  SimCLUE: suspect: missing_field quarantined 30 of 30 rows" in result.output
+    assert (strict / "ingest" / "ocnli.parquet").exists()  # reused when the build is run again
+    assert not any((strict / name).exists() for name in ("filter", "m3e-hq", "manifest.json"))
 
 
 def test_cli_build_on_samples_prints_the_summary(prefect_server, tmp_path):

@@ -136,7 +136,7 @@ def test_a_manifest_with_an_unknown_status_or_field_is_refused(written):
     data = json.loads(written.read_text(encoding="utf-8"))
     data["sources"]["a"]["status"] = "done"
     written.write_text(json.dumps(data), encoding="utf-8")
-    with pytest.raises(ManifestError, match=r"sources\.a\.status: Input should be 'ok', 'missing'"):
+    with pytest.raises(ManifestError, match=r"sources\.a\.status: Input should be 'ok', 'suspect', 'missing'"):
         Manifest.read(written.parent)
     data["sources"]["a"]["status"] = "ok"
     data["stages"]["ingest"]["sources"]["a"]["extra"] = 1

@@ -96,7 +96,7 @@ def test_enumerations_keep_the_tables_chinese_labels():
 def test_statuses_are_their_codes_and_say_which_obtained_sources_have_files():
     assert [s for s in ObtainStatus if s.ok] == ["cached", "downloaded", "present", "partial"]
     assert ObtainStatus("not downloaded") is ObtainStatus.NOT_DOWNLOADED and not ObtainStatus.FAILED.ok
-    assert [str(s) for s in SourceStatus] == ["ok", "missing", "skipped", "unavailable", "failed"]
+    assert [str(s) for s in SourceStatus] == ["ok", "suspect", "missing", "skipped", "unavailable", "failed"]
     assert list(CacheState) == ["cached", "failed"]
     assert json.dumps({"status": SourceStatus.OK}) == '{"status": "ok"}' and f"{CacheState.FAILED}" == "failed"
     with pytest.raises(ValueError, match="'done' is not a valid SourceStatus"):

@@ -87,7 +87,7 @@ def test_a_new_stage_is_one_object_in_the_list_and_keeps_the_accounting(tmp_path
     inputs = {"lcqmc": write_source(tmp_path, "lcqmc", pairs), "BQ": write_source(tmp_path, "BQ", pairs[:2])}
     seen = []
     run = run_stages([PHONES], inputs, None, Context(tmp_path, catalog, tmp_path / "cache"),
-                     on_stage=lambda stage, result: seen.append(stage.name))
+                     on_stage=lambda stage, run: seen.append(stage.name))
     counts = {c.source: c for c in run.results["phones"].counts}
     assert seen == ["phones"] and list(counts) == ["BQ", "lcqmc"]  # catalog order
     assert (counts["lcqmc"].read, counts["lcqmc"].kept, counts["lcqmc"].dropped) == (5, 3, {"phone_number": 2})

@@ -157,10 +157,10 @@ class PipelineRun:
 
 
 def run_stages(stages: Sequence[Stage], inputs: dict[str, Any], build_params: Any, context: Context,
-               executor: Executor | None = None, on_stage: Callable[[Stage, StageResult], None] | None = None,
+               executor: Executor | None = None, on_stage: Callable[[Stage, PipelineRun], None] | None = None,
                ) -> PipelineRun:
     """Run `stages` in order from `inputs` (source -> the first stage's input), each stage's kept files the next
-    one's inputs; `on_stage` is called after each."""
+    one's inputs; `on_stage` is called after each with the run so far (and may stop it by raising)."""
     executor = executor or InProcess()
     run = PipelineRun()
     for stage in stages:
@@ -174,7 +174,7 @@ def run_stages(stages: Sequence[Stage], inputs: dict[str, Any], build_params: An
         run.results[stage.name] = result
         inputs = result.outputs
         if on_stage is not None:
-            on_stage(stage, result)
+            on_stage(stage, run)
     return run
 
 

@@ -31,7 +31,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -59,6 +59,7 @@ from m3e_hq.flows.pipeline.artifacts import publish_artifacts
 from m3e_hq.flows.pipeline.download import obtain_mapped, obtain_sources
 from m3e_hq.flows.pipeline.params import BuildParams
 from m3e_hq.flows.pipeline.push import push_to_hub
+from m3e_hq.flows.pipeline.suspect import Suspicion, suspicion
 from m3e_hq.flows.stages.dedup import DEDUP
 from m3e_hq.flows.stages.filters import FILTER
 from m3e_hq.flows.stages.ingest import INGEST
@@ -81,11 +82,12 @@ Stamp = tuple[str, int, int]  # a file's path, size in bytes and modification ti
 
 @dataclass
 class SourceResult:
-    """How one source fared, and its ingest counts when ok.
+    """How one source fared, and its ingest counts when ingested.
 
-    status (SourceStatus): ok, missing (its folder lacks the files), skipped / unavailable (a manual source not
-    there), or failed (download or ingest error). `obtained` records how the files were had: cache, download (Hub
-    commit, sha256) or manual folder.
+    status (SourceStatus): ok, suspect (ingested, but no row kept or most rows quarantined for a structural reason:
+    `suspect` says why), missing (its folder lacks the files), skipped / unavailable (a manual source not there),
+    or failed (download or ingest error). `obtained` records how the files were had: cache, download (Hub commit,
+    sha256) or manual folder.
     """
 
     source: str
@@ -95,12 +97,14 @@ class SourceResult:
     missing_files: list[str] = field(default_factory=list)
     obtained: dict[str, Any] | None = None
     counts: StageCounts | None = None
+    suspect: Suspicion | None = None
 
     def __post_init__(self) -> None:
         self.status = SourceStatus(self.status)
 
     def summary(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if k != "counts"}
+        summary = {k: v for k, v in vars(self).items() if k not in ("counts", "suspect")}
+        return summary | ({"suspect": asdict(self.suspect)} if self.suspect else {})
 
 
 def missing_message(source: Source, folder: Path) -> str:
@@ -158,6 +162,10 @@ class Intake:
         files, missing = [f.relpath for f in located.files], located.missing
         if failure is not None:
             return SourceResult(name, "failed", failure, files, missing, o.summary())
+        verdict = suspicion(default_catalog().get(name), counts) if counts is not None else None
+        if verdict is not None:
+            message = "; ".join(filter(None, [verdict.message(), o.message]))
+            return SourceResult(name, "suspect", message, files, missing, o.summary(), counts, verdict)
         return SourceResult(name, "ok", o.message, files, missing, o.summary(), counts)
 
 
@@ -203,10 +211,30 @@ def push_both(result: PublishResult, repo_id: str) -> dict[str, str]:
             f"{repo_id}-with-score": push_to_hub(result.with_score.folder, f"{repo_id}-with-score")}
 
 
+class SuspectSourcesError(RuntimeError):
+    """`require_all` was asked for and some ingested sources failed or are suspect: the build stopped after ingest."""
+
+
+def require_ingested(params: BuildParams, intake: Intake) -> Callable[[Stage, PipelineRun], None]:
+    """A check run after each stage: after ingest, when `require_all`, raise SuspectSourcesError listing every
+    source whose ingest failed or that is suspect, with why."""
+    def check(stage: Stage, run: PipelineRun) -> None:
+        if stage is not INGEST or not params.require_all:
+            return
+        lacking = [r for r in intake.results(run) if r.status in (SourceStatus.FAILED, SourceStatus.SUSPECT)]
+        if lacking:
+            lines = [f"  {r.source}: {r.status}: {r.message}" for r in lacking]
+            raise SuspectSourcesError(f"{len(lacking)} selected sources did not ingest as their data (require_all): "
+                                      "nothing was filtered or published; fix their files, or leave them out with "
+                                      "--sources, and run the build again:\n" + "\n".join(lines))
+
+    return check
+
+
 def build(params: BuildParams, obtained: list[Obtained], executor: Executor) -> dict[str, Any]:
     """Run the stages on the obtained sources with `executor`, write the manifest and publish."""
     intake = Intake.of(obtained)
-    run = run_stages(STAGES, intake.files, params, context(params), executor)
+    run = run_stages(STAGES, intake.files, params, context(params), executor, require_ingested(params, intake))
     return release(params, finish(params, intake.results(run), run))
 
 

@@ -178,6 +178,10 @@ def test_flow_runs_ingest_filter_dedup_mine_and_the_counts_chain(prefect_server,
     assert manifest["params"]["dedup"]["on"] == "pair"
     assert manifest["params"]["dedup"]["minhash"]["threshold"] == MinHashParams().threshold  # the default
     assert set(manifest["stages"]["dedup"]["stats"]) >= {"exact_duplicate_keys", "near", "duplicates_by_source"}
+    # Each stage's seconds time the whole task, not only its final write.
+    mined = stages["mine"]
+    assert sum(c["seconds"] for c in mined["sources"].values()) >= mined["stats"]["mine_seconds"] + mined["stats"][
+        "teacher_seconds"] > 0
 
 
 def test_cli_dedup_and_filter_options_reach_the_build(prefect_server, tmp_path):

@@ -4,6 +4,7 @@ keep/drop loop's accounting and locators, a new stage added as one object in the
 
 import itertools
 import re
+import time
 from operator import attrgetter
 from pathlib import Path
 
@@ -95,6 +96,22 @@ def test_a_new_stage_is_one_object_in_the_list_and_keeps_the_accounting(tmp_path
     assert [d["locator"] for d in dropped] == ["in/lcqmc.parquet#0", "in/lcqmc.parquet#2"]  # across batches of 3
     kept = pq.read_table(run.results["phones"].outputs["lcqmc"])["text"].to_pylist()
     assert kept == ["今天天气很好", "一二三", "电话多少"]
+
+
+def slow_phones(inputs: dict[str, Path], params: PhoneParams, context: Context) -> StageResult:
+    """A stage that decides for a while before it writes (as dedup and mining do)."""
+    time.sleep(0.5)
+    return drop_phones(inputs, params, context)
+
+
+def test_seconds_time_the_whole_unit_shared_out_by_rows_read(tmp_path, catalog):
+    pairs = [("今天天气很好", "天气不错")] * 3
+    inputs = {"lcqmc": write_source(tmp_path, "lcqmc", pairs), "BQ": write_source(tmp_path, "BQ", pairs[:1])}
+    slow = Stage("phones", PhoneParams, lambda build: PhoneParams(), PhoneReason, slow_phones, scope=Scope.ALL)
+    run = run_stages([slow], inputs, None, Context(tmp_path, catalog, tmp_path / "cache"))
+    seconds = {c.source: c.seconds for c in run.results["phones"].counts}
+    assert sum(seconds.values()) >= 0.5  # not only the writing
+    assert seconds["lcqmc"] == pytest.approx(3 * seconds["BQ"], rel=0.01)  # 3 rows read against 1
 
 
 def test_an_isolated_stage_fails_one_source_and_others_go_on(tmp_path, catalog):

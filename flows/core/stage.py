@@ -7,6 +7,8 @@ benchmarks) or the Prefect flow's cached tasks (`flows.pipeline.build`). A stage
 Parquet input says only why (`Verdicts`); `sift` counts, writes and checks the accounting.
 """
 
+import functools
+import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -126,6 +128,30 @@ def attempt(stage: Stage, unit: dict[str, Any], call: Callable[[], StageResult])
         return Failed.of(unit, exc)
 
 
+StageRun = Callable[[dict[str, Any], Any, Context], StageResult]
+
+
+def timed(run: StageRun) -> StageRun:
+    """`run`, the `seconds` of each source in its result the time the whole unit took (reading, deciding and
+    writing, not only the writing), shared out by rows read when a unit holds several sources (dedup, mining with
+    one pool over all sources)."""
+    @functools.wraps(run)
+    def unit(inputs: dict[str, Any], params: Any, context: Context) -> StageResult:
+        start = time.perf_counter()
+        result = run(inputs, params, context)
+        share_seconds(result.counts, time.perf_counter() - start)
+        return result
+
+    return unit
+
+
+def share_seconds(counts: list[StageCounts], seconds: float) -> None:
+    """Give each source its part of `seconds`, by rows read (equal parts when none were read)."""
+    read = sum(c.read for c in counts)
+    for c in counts:
+        c.seconds = round(seconds * (c.read / read if read else 1 / len(counts)), 3)
+
+
 class Executor(Protocol):
     """Runs a stage's units: here, one after the other, or as Prefect tasks."""
 
@@ -140,7 +166,8 @@ class InProcess:
 
     def map(self, stage: Stage, units: list[dict[str, Any]], params: Any,
             context: Context) -> list[StageResult | Failed]:
-        return [attempt(stage, unit, lambda unit=unit: stage.run(unit, params, context)) for unit in units]
+        run = timed(stage.run)
+        return [attempt(stage, unit, lambda unit=unit: run(unit, params, context)) for unit in units]
 
     def prepare(self, stage: Stage, inputs: dict[str, Any], params: Any, context: Context, shards: int) -> None:
         assert stage.prepare is not None

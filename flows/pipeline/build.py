@@ -54,6 +54,7 @@ from m3e_hq.flows.core.stage import (
     StageResult,
     attempt,
     run_stages,
+    timed,
 )
 from m3e_hq.flows.pipeline.artifacts import publish_artifacts
 from m3e_hq.flows.pipeline.download import obtain_mapped, obtain_sources
@@ -329,7 +330,7 @@ def unit_task(fn: Callable[..., R], name: str) -> Task[..., Stamped[R]]:
     return task(run, name=name, cache_policy=STAGE_CACHE, persist_result=True)
 
 
-STAGE_TASKS = {s.name: unit_task(s.run, s.name) for s in STAGES}
+STAGE_TASKS = {s.name: unit_task(timed(s.run), s.name) for s in STAGES}
 PREPARE_TASKS = {s.name: unit_task(s.prepare, s.prepare_name) for s in STAGES if s.prepare is not None}
 
 

@@ -43,6 +43,7 @@ SERVER_FAILED = 4  # exit status of a command whose temporary Prefect server did
 OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
                            errno.EEXIST})
 OUTPUT_FAILED = 3  # exit status of a build stopped by an output that could not be written
+FOLDER_BUSY = 5  # exit status of a build whose folder another build holds
 
 app = typer.Typer(help="Build m3e-hq, the cleaned M3E Chinese text-pair dataset, from its 29 sources.",
                   no_args_is_help=True, add_completion=False)
@@ -355,6 +356,7 @@ def build(
     from m3e_hq import progress
     from m3e_hq.flows.core.accounting import check_writable
     from m3e_hq.flows.pipeline.build import SuspectSourcesError, TaskRunnerError, build_m3e_hq, task_runner
+    from m3e_hq.flows.pipeline.lock import BuildFolderBusy, build_lock
 
     try:
         flow = build_m3e_hq.with_options(task_runner=task_runner(runner, ray_address))
@@ -365,8 +367,11 @@ def build(
     console.print(f"Building m3e-hq from {origin} into {params.build_dir}")
     try:
         check_writable(params.build_dir)
-        with progress.showing(console), quiet_output_errors(), one_api_server(runner):
+        with build_lock(params.build_dir), progress.showing(console), quiet_output_errors(), one_api_server(runner):
             summary = flow(params)
+    except BuildFolderBusy as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(FOLDER_BUSY) from None
     except (MissingSourcesError, SuspectSourcesError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -4,6 +4,8 @@ import inspect
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -19,6 +21,7 @@ from m3e_hq.flows.core.minhash import MinHashParams
 from m3e_hq.flows.core.negatives import NegativeParams
 from m3e_hq.flows.pipeline.build import FLOW_NAME, build_m3e_hq
 from m3e_hq.flows.pipeline.deploy import RUN_COMMAND
+from m3e_hq.flows.pipeline.lock import build_lock
 from m3e_hq.flows.pipeline.params import BuildParams, cli_fields
 from m3e_hq.flows.stages.mine import MineParams
 from m3e_hq.flows.stages.publish import PublishParams
@@ -137,6 +140,26 @@ def test_a_source_whose_records_lack_the_mapped_keys_is_suspect_in_the_table_the
     assert "  SimCLUE: suspect: missing_field quarantined 30 of 30 rows" in result.output
     assert (strict / "ingest" / "ocnli.parquet").exists()  # reused when the build is run again
     assert not any((strict / name).exists() for name in ("filter", "m3e-hq", "manifest.json"))
+
+
+def test_a_build_folder_another_process_builds_into_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "out"
+    hold = ("import sys, time; from pathlib import Path; from m3e_hq.flows.pipeline.lock import build_lock\n"
+            "with build_lock(Path(sys.argv[1])):\n print('held', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        result = CliRunner().invoke(app, ["build", "--samples", "-s", "ocnli", "--out", str(out)])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.exit_code == 5, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: {out} is being built by pid {holder.pid} (-c {out}, since ")
+    assert line.endswith("UTC): wait for that build to end, or build into another folder with --out DIR")
+    assert not (out / "ingest").exists()
+    with build_lock(out):  # released when its holder ended (killed)
+        pass
 
 
 def test_cli_build_on_samples_prints_the_summary(prefect_server, tmp_path):

@@ -3,6 +3,8 @@
 - Killed with SIGKILL at several points (while ingesting, in dedup, while encoding for the mine stage, while
   publishing), each time run again: no output left looks complete when it is not, each re-run reuses the stages
   completed before, and the datasets finally published equal those of an uninterrupted build.
+- Two builds started on one build folder: the second refuses at once, in one line naming the process that holds
+  the folder, and the first one is not disturbed.
 - A full disk (mid-stage or while publishing; tests/faulty_cli.py) and a build folder that cannot be written (in this
   process): one clear error, exit status 3, no traceback, nothing partial published and the datasets published before
   untouched.
@@ -157,6 +159,26 @@ def test_a_build_killed_at_any_point_resumes_to_the_same_datasets(server, tiny_e
     expected, resumed = published(reference), published(out)
     assert sorted(resumed) == sorted(expected)
     assert [name for name in expected if resumed[name] != expected[name]] == []
+
+
+def test_a_second_build_on_the_same_folder_says_in_one_line_which_process_holds_it(server, tiny_encoder, tmp_path):
+    out = tmp_path / "out"
+    args = command(out, tiny_encoder, "-s", "ocnli")
+    with (tmp_path / "first.log").open("w") as log:
+        first = subprocess.Popen([str(BIN / "m3e-hq"), *args], env=server.env, stdout=log, stderr=subprocess.STDOUT)
+    lock = out / ".lock"
+    while not (lock.exists() and lock.read_text(encoding="utf-8")):
+        assert first.poll() is None, (tmp_path / "first.log").read_text()
+        time.sleep(0.01)
+    second = run(server, args)
+    output = second.stdout + second.stderr
+    assert second.returncode == 5 and "Traceback" not in output, output
+    [error] = [line for line in output.splitlines() if line.startswith("error:")]
+    assert error.startswith(f"error: {out} is being built by pid {first.pid} (m3e-hq {' '.join(args)}, since ")
+    assert error.endswith(" UTC): wait for that build to end, or build into another folder with --out DIR")
+    assert first.wait(timeout=300) == 0, (tmp_path / "first.log").read_text()
+    assert verify(out / "m3e-hq")  # the first build was not disturbed
+    assert run(server, args).returncode == 0  # and once it ended, the folder is free
 
 
 def clear_error(done: subprocess.CompletedProcess, *says: str) -> str:

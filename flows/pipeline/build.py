@@ -58,6 +58,7 @@ from m3e_hq.flows.core.stage import (
 )
 from m3e_hq.flows.pipeline.artifacts import publish_artifacts
 from m3e_hq.flows.pipeline.download import obtain_mapped, obtain_sources
+from m3e_hq.flows.pipeline.lock import build_lock
 from m3e_hq.flows.pipeline.params import BuildParams
 from m3e_hq.flows.pipeline.push import push_to_hub
 from m3e_hq.flows.pipeline.suspect import Suspicion, suspicion
@@ -240,9 +241,10 @@ def build(params: BuildParams, obtained: list[Obtained], executor: Executor) -> 
 
 
 def build_sources(params: BuildParams) -> dict[str, Any]:
-    """The whole build without Prefect: obtain every selected source, run the stages in this process, write the
-    manifest and publish."""
-    return build(params, obtain_sources(params), InProcess())
+    """The whole build without Prefect, holding the build folder's lock: obtain every selected source, run the
+    stages in this process, write the manifest and publish."""
+    with build_lock(params.build_dir):
+        return build(params, obtain_sources(params), InProcess())
 
 
 # --- caching: stage tasks keyed on their inputs and input files, their results checked against their outputs -------
@@ -431,8 +433,10 @@ def build_m3e_hq(params: BuildParams | None = None) -> dict[str, Any]:
     into data/build/full/): obtain each selected source (download, cache, manual folder or samples), ingest each one,
     filter each, dedup them together, mine negatives and teacher scores, write the manifest, publish both datasets
     (only commercial-use sources with publish.commercial_only) and the counts as Prefect artifacts. A deployment run
-    takes `params` as JSON, checked against BuildParams' schema when the run is created."""
+    takes `params` as JSON, checked against BuildParams' schema when the run is created. The run holds the build
+    folder's lock (BuildFolderBusy when another process builds there)."""
     params = BuildParams() if params is None else params
-    summary = build(params, obtain_mapped(params), PrefectTasks(params.build_dir))
+    with build_lock(params.build_dir):
+        summary = build(params, obtain_mapped(params), PrefectTasks(params.build_dir))
     publish_artifacts(summary)
     return summary

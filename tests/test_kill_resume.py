@@ -1,8 +1,9 @@
 """Faults of a real build: `m3e-hq build --samples` in a subprocess against a Prefect server.
 
-- Killed with SIGKILL at several points (while ingesting, in dedup, while encoding for the mine stage, while
-  publishing), each time run again: no output left looks complete when it is not, each re-run reuses the stages
-  completed before, and the datasets finally published equal those of an uninterrupted build.
+- Killed with SIGKILL at several points (while ingesting, in dedup, while encoding for the mine stage, twice while
+  mining, some sources mined and others not, while publishing), each time run again: no output left looks complete
+  when it is not, each re-run reuses the stages completed before, and the datasets finally published equal those of
+  an uninterrupted build byte for byte (but the cards' build date).
 - Two builds started on one build folder: the second refuses at once, in one line naming the process that holds
   the folder, and the first one is not disturbed.
 - A full disk (mid-stage or while publishing; tests/faulty_cli.py) and a build folder that cannot be written (in this
@@ -138,6 +139,9 @@ def test_a_build_killed_at_any_point_resumes_to_the_same_datasets(server, tiny_e
         ("ingest", lambda: any((out / "ingest").glob("*.parquet")), ()),
         ("dedup", lambda: (out / "dedup").is_dir(), ("ingest", "filter")),
         ("encoding", lambda: any(cache.glob("embeddings/*/chunk-*.npz")), ("ingest", "filter", "dedup")),
+        # Some mine tasks done, others encoding: texts two sources hold are in the cache, encoded by one of them.
+        ("mining", lambda: mined(out) >= 3, ("ingest", "filter", "dedup")),
+        ("mining, later", lambda: mined(out) >= 15, ("ingest", "filter", "dedup")),
         ("publish", lambda: any(out.glob(".m3e-hq-with-score.tmp-*/data")), ("ingest", "filter", "dedup", "mine")),
     ]
     done_before: dict[Path, int] = {}
@@ -159,6 +163,18 @@ def test_a_build_killed_at_any_point_resumes_to_the_same_datasets(server, tiny_e
     expected, resumed = published(reference), published(out)
     assert sorted(resumed) == sorted(expected)
     assert [name for name in expected if resumed[name] != expected[name]] == []
+    assert {name: checksums(out / name) for name in DATASETS} == {name: checksums(reference / name) for name in DATASETS}
+
+
+def mined(out: Path) -> int:
+    """How many sources the mine stage has written."""
+    return len(list((out / "mine").glob("*.parquet")))
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    """A published dataset's SHA256SUMS, but the card's (which quotes the build date)."""
+    lines = (folder / "SHA256SUMS").read_text(encoding="utf-8").splitlines()
+    return {name: digest for digest, name in (line.split("  ", 1) for line in lines) if name != "README.md"}
 
 
 def test_a_second_build_on_the_same_folder_says_in_one_line_which_process_holds_it(server, tiny_encoder, tmp_path):

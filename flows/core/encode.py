@@ -22,6 +22,10 @@ from m3e_hq.files import atomic
 from m3e_hq.flows.core.model_names import DEFAULT_ENCODER
 
 KEY_BYTES = 16
+# A text is encoded in a batch whose shape depends on its own token length only: the length rounded up to a multiple
+# of WIDTH_STEP (at most the model's maximum), and the number of rows `Tokens.rows` gives that width.
+WIDTH_STEP = 8
+CPU_BATCH_TOKENS = 256  # on a CPU, where bigger batches only add padded rows: about this many tokens a batch
 log = logging.getLogger("m3e_hq.encode")
 
 
@@ -65,15 +69,16 @@ _NPY_HEADER_LOCK = threading.Lock()
 
 
 class EmbeddingCache:
-    """Embeddings on disk: `<folder>/<model and prompt key>/chunk-*.npz` (keys and float16 vectors).
+    """Embeddings on disk: `<folder>/<model, prompt and batching key>/chunk-*.npz` (keys and float16 vectors).
 
-    The folder's key hashes the model name, the prompt and the embedding size, so a cache never serves vectors of
-    another model or prompt. Chunks are written to a temporary name and renamed, so a killed run leaves no half
-    file.
+    The folder's key hashes the model name, the prompt, the embedding size and how batches are shaped (`batching`:
+    the device, its precision and the batch limits, which change the float arithmetic), so a cache serves only the
+    vectors that encoding would give now. Chunks are written to a temporary name and renamed, so a killed run leaves
+    no half file.
     """
 
-    def __init__(self, folder: Path, model_name: str, prompt: str, dim: int) -> None:
-        spec = f"{model_name}\x1f{prompt}\x1f{dim}".encode()
+    def __init__(self, folder: Path, model_name: str, prompt: str, dim: int, batching: str) -> None:
+        spec = f"{model_name}\x1f{prompt}\x1f{dim}\x1f{batching}".encode()
         self.folder = folder / hashlib.sha256(spec).hexdigest()[:24]
         self.dim = dim
         self._index: dict[bytes, tuple[int, int]] = {}
@@ -125,25 +130,27 @@ class Encoded:
 def encode(model: SentenceTransformer, texts: Sequence[str], prompt: str = "", batch_size: int = 64,
            cache_dir: Path | None = None, model_name: str = "",
            on_progress: Callable[[int], None] | None = None) -> Encoded:
-    """L2-normalised embeddings of `texts`: each distinct text encoded once (`embed`: length-sorted batches of
-    about `batch_size` longest texts' worth of tokens), and read from / written to the cache under `cache_dir` when
-    one is given.
+    """L2-normalised embeddings of `texts`: each distinct text encoded once (`embed`, in batches of a shape fixed by
+    each text's length, within `batch_limits`), and read from / written to the cache under `cache_dir` when one is
+    given.
 
-    Vectors are rounded to float16, as the cache stores them, so that a build from the cache is identical to the
-    build that filled it."""
+    Vectors are rounded to float16, as the cache stores them. Since a text's embedding does not depend on the texts
+    encoded with it, a vector from the cache is the one encoding would give, whichever task, build or killed run
+    stored it: the result does not depend on what the cache held."""
     distinct = list(dict.fromkeys(texts))
     position = {t: i for i, t in enumerate(distinct)}
     dim = model.get_embedding_dimension() or 0
+    limits = batch_limits(model, batch_size)
     vectors = np.zeros((len(distinct), dim), dtype=np.float32)
     found = np.zeros(len(distinct), dtype=bool)
     cache = keys = None
     if cache_dir is not None and distinct:
-        cache = EmbeddingCache(cache_dir, model_name or str(model), prompt, dim)
+        cache = EmbeddingCache(cache_dir, model_name or str(model), prompt, dim, batching(model, *limits))
         keys = text_keys(distinct)
         found, vectors = cache.lookup(keys)
     todo = np.flatnonzero(~found)
     if len(todo):
-        fresh = embed(model, [distinct[i] for i in todo], prompt, *batch_limits(model, batch_size), on_progress)
+        fresh = embed(model, [distinct[i] for i in todo], prompt, *limits, on_progress)
         vectors[todo] = fresh.astype(np.float16)  # as cached: a rebuild from the cache gives the same vectors
         if cache is not None and keys is not None:
             cache.store(keys[todo], vectors[todo])
@@ -183,6 +190,26 @@ class Tokens:
             yield batch, width
             start += len(batch)
 
+    def fixed_batches(self, max_tokens: int, max_texts: int | None = None,
+                      max_width: int | None = None) -> Iterator[tuple[np.ndarray, int, int]]:
+        """Batches whose shape depends only on the length of the texts they hold, so that a text's embedding does
+        not depend on the texts encoded with it (nor on which of them a cache already held): the texts of each
+        width (`batch_widths`, widest first), `rows(width)` at a time, the last batch of a width filled up by
+        repeating its first text. Each batch's row indices, its width and how many of its rows are real."""
+        widths = batch_widths(self.lengths, max_width)
+        order = np.argsort(-widths, kind="stable")
+        for texts in np.split(order, np.flatnonzero(np.diff(widths[order])) + 1):
+            w = int(widths[texts[0]])
+            rows = Tokens.rows(w, max_tokens, max_texts)
+            for start in range(0, len(texts), rows):
+                batch = texts[start:start + rows]
+                yield np.concatenate([batch, np.repeat(batch[:1], rows - len(batch))]), w, len(batch)
+
+    @staticmethod
+    def rows(width: int, max_tokens: int, max_texts: int | None) -> int:
+        """The rows of every batch of `width` tokens: as many as `max_tokens` hold, at most `max_texts`."""
+        return max(1, min(max_tokens // width, max_texts or max_tokens))
+
     def batch(self, rows: np.ndarray, width: int) -> dict[str, torch.Tensor]:
         """The features of `rows`, right-padded to `width` tokens (pinned in memory when a GPU is there)."""
         columns = np.arange(width)
@@ -195,45 +222,71 @@ class Tokens:
         return out
 
 
+def batch_widths(lengths: np.ndarray, max_width: int | None) -> np.ndarray:
+    """The padded width of texts of `lengths` tokens: rounded up to a multiple of WIDTH_STEP, at most `max_width`."""
+    rounded = np.maximum(1, -(-lengths // WIDTH_STEP) * WIDTH_STEP)
+    return rounded if max_width is None else np.minimum(rounded, max_width)
+
+
+def batching(model: SentenceTransformer, max_tokens: int, max_texts: int | None) -> str:
+    """What shapes the batches, and so the float arithmetic, of `embed`: the device type and precision, the width
+    step and the batch limits."""
+    return f"{model.device.type}:{model.dtype}:{WIDTH_STEP}:{max_tokens}:{max_texts}"
+
+
 def batch_limits(model: SentenceTransformer, batch_size: int) -> tuple[int, int | None]:
     """(tokens, texts) per batch. On a GPU: `batch_size` texts of the model's longest sequence worth of tokens, and
-    as many texts as fit, so short texts go in big batches. On a CPU, where big batches only cost cache misses: at
-    most `batch_size` texts."""
-    tokens = batch_size * (model.max_seq_length or 512)
-    return tokens, None if model.device.type == "cuda" else batch_size
+    as many texts as fit, so short texts go in big batches. On a CPU, where big batches only cost cache misses and
+    padded rows: about CPU_BATCH_TOKENS tokens, at most `batch_size` texts."""
+    if model.device.type == "cuda":
+        return batch_size * (model.max_seq_length or 512), None
+    return CPU_BATCH_TOKENS, batch_size
 
 
 @torch.inference_mode()
 def embed(model: SentenceTransformer, texts: Sequence[str], prompt: str = "", max_tokens: int = 32_768,
           max_texts: int | None = None, on_progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """L2-normalised sentence embeddings of `texts`, as `model.encode` computes them, faster on a GPU:
+    """L2-normalised sentence embeddings of `texts`, as `model.encode` computes them, and each a function of its
+    text alone:
 
     - every text is tokenised in one call of the fast tokenizer (parallel, in Rust), not batch by batch;
-    - texts are sorted by length and cut into batches of at most `max_tokens` tokens (padding included) and
-      `max_texts` texts, so short texts go in big batches and long ones in small ones;
+    - a text is encoded in a batch of a shape fixed by its own length (`Tokens.fixed_batches`: its width, and the
+      rows of at most `max_tokens` tokens and `max_texts` texts of that width), so its embedding is the same
+      whatever other texts are encoded with it; a batch's shape changes the float arithmetic (summation order) in
+      the last bits, which would otherwise make a text's embedding depend on its batch;
     - embeddings stay on the device until the end: one copy to the host instead of one per batch.
 
-    Models whose pooling leaves the prompt out (`include_prompt=False`) go through `model.encode`.
+    Models whose pooling leaves the prompt out (`include_prompt=False`) are given the prompt's length, as
+    `model.encode` does.
     """
+    dim = model.get_embedding_dimension() or 0
     if not texts:
-        return np.zeros((0, model.get_embedding_dimension() or 0), dtype=np.float32)
-    if any(getattr(module, "include_prompt", True) is False for module in model):
-        return model.encode(list(texts), prompt=prompt or None, normalize_embeddings=True, convert_to_numpy=True)
+        return np.zeros((0, dim), dtype=np.float32)
     tokenizer = model.tokenizer
     encoded = tokenizer([prompt + t for t in texts], truncation=True, max_length=model.max_seq_length)
     tokens = Tokens.of(encoded, tokenizer.pad_token_id or 0)
     device = model.device
-    out: torch.Tensor | None = None
-    for batch, width in tokens.batches(max_tokens, max_texts):
-        features = {key: value.to(device, non_blocking=True) for key, value in tokens.batch(batch, width).items()}
-        vectors = torch.nn.functional.normalize(model(features)["sentence_embedding"].float(), dim=1)
-        if out is None:
-            out = torch.empty((len(texts), vectors.shape[1]), dtype=torch.float32, device=device)
-        out[torch.as_tensor(batch, device=device)] = vectors
+    extra = {"prompt_length": prompt_length(model, prompt)} if prompt and leaves_prompt_out(model) else {}
+    out = torch.empty((len(texts), dim), dtype=torch.float32, device=device)
+    for batch, padded_width, real in tokens.fixed_batches(max_tokens, max_texts, model.max_seq_length):
+        features = {key: value.to(device, non_blocking=True) for key, value in tokens.batch(batch, padded_width).items()}
+        vectors = model(features | extra)["sentence_embedding"][:real].float()
+        out[torch.as_tensor(batch[:real], device=device)] = torch.nn.functional.normalize(vectors, dim=1)
         if on_progress:
-            on_progress(len(batch))
-    assert out is not None
+            on_progress(real)
     return out.cpu().numpy()
+
+
+def leaves_prompt_out(model: SentenceTransformer) -> bool:
+    """Whether the model's pooling leaves the prompt's tokens out (`include_prompt=False`)."""
+    return any(getattr(module, "include_prompt", True) is False for module in model)
+
+
+def prompt_length(model: SentenceTransformer, prompt: str) -> int:
+    """The prompt's tokens as a text's first tokens, a trailing special token (SEP, EOS) not counted: what
+    `model.encode` gives such a pooling."""
+    ids = model.tokenizer(prompt)["input_ids"]
+    return len(ids) - int(bool(ids) and ids[-1] in model.tokenizer.all_special_ids)
 
 
 def _normalised(vectors: np.ndarray) -> np.ndarray:

@@ -10,7 +10,9 @@ rows are m3e-hq.
 `STAGES` is the pipeline; `flows.core.stage.run_stages` runs it, each stage's kept files the next one's inputs:
 `build_sources` in this process (no Prefect), the flow with every unit of work a cached Prefect task
 (`PrefectTasks`). A source that cannot be obtained is reported as skipped, unavailable or failed, one whose folder
-lacks its files as missing, one whose ingest raises as failed: none of these stops the other sources.
+lacks its files as missing, one whose ingest raises as failed, one whose files do not yield its data as suspect
+(`flows.pipeline.suspect`): none of these stops the other sources, unless `require_all` (then a failed or suspect
+source stops the build after ingest). A build holds its folder's lock (`flows.pipeline.lock`).
 
 With `mine.encode_shards` > 1, that many encode tasks fill the embedding cache before the mine tasks, which then
 find every embedding cached. The tasks run on 4 threads (the decorator's default) or, with

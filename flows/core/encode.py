@@ -25,7 +25,9 @@ KEY_BYTES = 16
 # A text is encoded in a batch whose shape depends on its own token length only: the length rounded up to a multiple
 # of WIDTH_STEP (at most the model's maximum), and the number of rows `Tokens.rows` gives that width.
 WIDTH_STEP = 8
-CPU_BATCH_TOKENS = 256  # on a CPU, where bigger batches only add padded rows: about this many tokens a batch
+# On a CPU, a batch of about this much work (256 tokens of all-MiniLM-L6-v2): bigger batches only add padded rows
+# (a part-filled batch per width), smaller ones add per-call overhead, which is most of a tiny model's time.
+CPU_BATCH_FLOPS = 5e9
 log = logging.getLogger("m3e_hq.encode")
 
 
@@ -237,10 +239,18 @@ def batching(model: SentenceTransformer, max_tokens: int, max_texts: int | None)
 def batch_limits(model: SentenceTransformer, batch_size: int) -> tuple[int, int | None]:
     """(tokens, texts) per batch. On a GPU: `batch_size` texts of the model's longest sequence worth of tokens, and
     as many texts as fit, so short texts go in big batches. On a CPU, where big batches only cost cache misses and
-    padded rows: about CPU_BATCH_TOKENS tokens, at most `batch_size` texts."""
+    padded rows: the tokens of about CPU_BATCH_FLOPS of work (as many for a tiny model), at most `batch_size`
+    texts."""
+    tokens = batch_size * (model.max_seq_length or 512)
     if model.device.type == "cuda":
-        return batch_size * (model.max_seq_length or 512), None
-    return CPU_BATCH_TOKENS, batch_size
+        return tokens, None
+    return max(1, min(tokens, int(CPU_BATCH_FLOPS / flops_per_token(model)))), batch_size
+
+
+def flops_per_token(model: SentenceTransformer) -> int:
+    """About what a token costs the model: twice its weights outside the embedding tables."""
+    embeddings = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    return 2 * max(1, sum(p.numel() for p in model.parameters()) - embeddings)
 
 
 @torch.inference_mode()

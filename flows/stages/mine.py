@@ -71,8 +71,8 @@ class MineParams(BaseModel):
     device: str | None = Field(None, description="torch device (cpu, cuda, cuda:1); default cuda when available",
                                json_schema_extra={"cli": "--device"})
     batch_size: int = Field(64, ge=1, description="encoding batch size: on a GPU, batches of this many texts of the "
-                            "model's longest sequence worth of tokens; on a CPU, at most this many texts of about "
-                            "256 tokens")
+                            "model's longest sequence worth of tokens; on a CPU, at most this many texts and about "
+                            "5 GFLOP of work")
     encode_shards: int = Field(1, ge=1, description="encode the texts in this many tasks (one GPU each under the "
                                "Ray task runner) into the embedding cache before mining; 1: the mine task encodes "
                                "them itself", json_schema_extra={"cli": "--encode-shards"})

@@ -38,7 +38,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from m3e_hq.flows.core.accounting import parquet_batches
-from m3e_hq.flows.core.similarity import codes_of, similarity
+from m3e_hq.flows.core.similarity import codes_of, similarity, use_threads
 
 U32 = np.uint32
 U64 = np.uint64
@@ -111,11 +111,6 @@ def shingle_sets(texts: Sequence[str], params: MinHashParams) -> list[np.ndarray
     return [_text_shingles(codes, starts[i], starts[i + 1] - starts[i], params.ngram) for i in range(len(texts))]
 
 
-def _use_threads(workers: int) -> None:
-    """Run the parallel kernels on `workers` threads (at most the threads numba was started with)."""
-    numba.set_num_threads(max(1, min(workers, numba.config.NUMBA_NUM_THREADS)))
-
-
 def permutations(params: MinHashParams) -> tuple[np.ndarray, np.ndarray]:
     """datasketch's affine32 permutation parameters (a odd, b) for `num_perm` and `seed`, as uint32 arrays."""
     a, b = MinHash(num_perm=params.num_perm, seed=params.seed, scheme="affine32").permutations
@@ -173,7 +168,7 @@ def _signatures(codes: np.ndarray, starts: np.ndarray, params: MinHashParams,
     n = len(starts) - 1
     sigs = np.empty((n, params.num_perm), dtype=U32)
     keys = np.empty((n, params.bands), dtype=U64)
-    _use_threads(workers)
+    use_threads(workers)
     _signature_kernel(codes, starts, params.ngram, a, b, params.rows, sigs, keys)
     return sigs, keys
 

@@ -245,6 +245,11 @@ def _may_be_lexical(codes: np.ndarray, starts: np.ndarray, texts: int, parts: in
         out[r] = hit
 
 
+def use_threads(workers: int) -> None:
+    """Run the parallel kernels on `workers` threads (at most the threads numba was started with)."""
+    numba.set_num_threads(max(1, min(workers, numba.config.NUMBA_NUM_THREADS)))
+
+
 def codes_of(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """All texts' code points in one uint32 array (plus two zeros of padding), and each text's start (n + 1)."""
     lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
@@ -264,7 +269,7 @@ def similarity(parts: Sequence[Sequence[str]], a: np.ndarray, b: np.ndarray, thr
     codes, starts = codes_of([t for p in parts for t in p])
     a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
     out = np.zeros(len(a))
-    numba.set_num_threads(max(1, min(workers, numba.config.NUMBA_NUM_THREADS)))
+    use_threads(workers)
     _similarity_kernel(codes, starts, texts, len(parts), a, b, threshold, guarded(), out)
     confirmed = np.flatnonzero((out >= threshold) & (out < 1))
     flags, longest = _lexical_flags()

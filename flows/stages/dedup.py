@@ -224,13 +224,11 @@ def _batch_keys(batch: pa.RecordBatch, position: int, params: DedupParams, eval_
     near_positives = [near_key(t, k) for t, k in zip(positive_texts, positives, strict=True)]
     homogeneous = batch.column("homogeneous").to_pylist()
     query_only = [params.on == "query" or (params.on == "query-s2p" and not h) for h in homogeneous]
-    pairs = [q if only else f"{q}{SEPARATOR}{p}"
-             for q, p, only in zip(near_queries, near_positives, query_only, strict=True)]
+    pairs = _pair_keys(near_queries, near_positives, query_only)
     second = [q if only else p for q, p, only in zip(near_queries, near_positives, query_only, strict=True)]
     hits = [("exact: query" if q in eval_keys else "exact: positive" if p in eval_keys else None)
             for q, p in zip(queries, positives, strict=True)] if eval_keys else [None] * len(queries)
-    exact = [q if only else f"{q}{SEPARATOR}{p}" for q, p, only in zip(queries, positives, query_only, strict=True)]
-    pair = pl.Series(exact, dtype=pl.String)
+    pair = pl.Series(_pair_keys(queries, positives, query_only), dtype=pl.String)
     frame = pl.DataFrame({
         "source": pl.Series([position] * batch.num_rows, dtype=pl.Int32),
         "eval_split": pl.Series(batch.column("split")).is_in(sorted(eval_splits)),
@@ -245,6 +243,11 @@ def _batch_keys(batch: pa.RecordBatch, position: int, params: DedupParams, eval_
     })
     keys = {"pair": pairs, "query": near_queries, "second": second, "positive": near_positives}
     return pa.table(keys, schema=KEYS_SCHEMA), frame
+
+
+def _pair_keys(queries: list[str], positives: list[str], query_only: list[bool]) -> list[str]:
+    """Each row's dedup key: its query alone where `query_only`, else query and positive joined by SEPARATOR."""
+    return [q if only else f"{q}{SEPARATOR}{p}" for q, p, only in zip(queries, positives, query_only, strict=True)]
 
 
 def _survivor_order(rows: pl.DataFrame) -> np.ndarray:

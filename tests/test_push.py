@@ -82,7 +82,7 @@ def test_cli_export_commercial_only_and_push(hub, samples_build, catalog, tmp_pa
     for name, repo in (("m3e-hq", "org/m3e-hq-commercial"), ("m3e-hq-with-score", "org/m3e-hq-commercial-with-score")):
         folder = out / name
         assert verify(folder) > 3 and "commercial-only export" in (folder / "README.md").read_text(encoding="utf-8")
-        sources = {p.name for p in (folder / "data").iterdir()} - {"triplets", "scored-pairs"}
+        sources = {p.name for p in (folder / "data").iterdir()}
         assert sources and all(catalog.get(s).commercial_use() for s in sources)
         pulled = tmp_path / "pulled" / name
         snapshot_download(repo, repo_type="dataset", local_dir=pulled, endpoint=hub.url)

@@ -1,6 +1,6 @@
 """Mine stage: m3e-hq rows → m3e-hq-with-score rows (hard negatives and teacher scores), across all sources.
 
-    rows of a pool (a source, or all sources) ─► distinct queries and distinct positives encoded once (cached)
+    rows of a pool (a source, or all sources of one licence class) ─► distinct queries and distinct positives encoded once (cached)
       ─► top-k search of each query among the pool's positives (flows.core.search: FAISS GPU, torch CUDA or FAISS CPU)
       ─► negatives selected (flows.core.negatives: rank window, positive-aware margin, near-duplicate exclusion, seed)
       ─► teacher scores of (query, positive) and each (query, negative), a pool at a time (one teacher, one scale)
@@ -42,7 +42,7 @@ from m3e_hq.flows.core.negatives import (
 )
 from m3e_hq.flows.core.stage import Context, Reason, Scope, Stage, StageResult, Verdicts, sift
 from m3e_hq.schemas import M3E_HQ_WITH_SCORE_SCHEMA
-from m3e_hq.sources.catalog import Catalog
+from m3e_hq.sources.catalog import Catalog, Source
 
 STAGE = "mine"
 
@@ -80,7 +80,8 @@ class MineParams(BaseModel):
         "auto", description="search backend: auto takes faiss-gpu, then torch-cuda, then faiss-cpu; a backend named "
         "but not available fails", json_schema_extra={"cli": "--search"})
     pool: Literal["source", "all"] = Field("source", description="where negatives come from: the positives of the "
-                                           "query's own source (in-domain), or of all sources")
+                                           "query's own source (in-domain), or of all sources of its licence class (commercial, licence unstated, "
+                                           "non-commercial: a commercial export never holds a non-commercial text)")
     negatives: NegativeParams = Field(default_factory=NegativeParams, description="how negatives are selected")
     near_duplicates: bool = Field(True, description="exclude candidates that are MinHash near-duplicates of the "
                                   "query or the positive (normalised equality is always excluded)")
@@ -129,10 +130,24 @@ class _Rows:
                    [i for n in names for i in tables[n]["id"].to_pylist()])
 
 
-def groups(names: list[str], pool: str) -> list[list[str]]:
+def groups(names: list[str], pool: str, catalog: Catalog) -> list[list[str]]:
     """The sources mined together, whose positives are one pool: each source on its own (pool "source"), or all
-    at once (pool "all")."""
-    return [[n] for n in names] if pool == "source" else [names]
+    sources of one licence class at once (pool "all"), so that a row's negatives are texts of sources that allow
+    what its own source allows and a commercial export never carries a non-commercial negative."""
+    if pool == "source":
+        return [[n] for n in names]
+    by_class: dict[str, list[str]] = {}
+    for name in names:
+        by_class.setdefault(licence_class(catalog.get(name)), []).append(name)
+    return list(by_class.values())
+
+
+def licence_class(source: Source) -> str:
+    """`commercial` (commercial use allowed and a licence stated), `unstated` (commercial only when unstated
+    licences are included) or `non-commercial`: the sources whose rows every commercial export takes together."""
+    if source.commercial_use():
+        return "commercial"
+    return "unstated" if source.commercial_use(include_unknown_license=True) else "non-commercial"
 
 
 def encode_jobs(inputs: dict[str, Path], params: MineParams, catalog: Catalog, shard: int = 0) -> list[tuple[str, str]]:
@@ -140,7 +155,7 @@ def encode_jobs(inputs: dict[str, Path], params: MineParams, catalog: Catalog, s
     texts with the passage prompt) that fall in shard `shard` of `params.encode_shards` by a stable hash; the
     sources are read a group at a time, so that a shard holds only its own texts."""
     jobs: dict[tuple[str, str], None] = {}
-    for group in groups([n for n in catalog.names if n in inputs], params.pool):
+    for group in groups([n for n in catalog.names if n in inputs], params.pool, catalog):
         rows = _Rows.read({n: inputs[n] for n in group}, catalog)
         found = [(params.query_prompt, q) for q in rows.queries]
         found += [(params.passage_prompt, t) for t in dict.fromkeys(rows.positives)]
@@ -182,7 +197,7 @@ def mine_sources(inputs: dict[str, Path], out_dir: Path, params: MineParams, cat
     is read, so that memory holds one pool's rows and embeddings, not the build's."""
     models = _Models(params)
     return merge([_mine_group(_Rows.read({n: inputs[n] for n in group}, catalog), out_dir, params, cache_dir, models)
-                  for group in groups([n for n in catalog.names if n in inputs], params.pool)], params)
+                  for group in groups([n for n in catalog.names if n in inputs], params.pool, catalog)], params)
 
 
 def merge(results: list[StageResult], params: MineParams) -> StageResult:

@@ -13,18 +13,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, NoReturn, get_args, get_origin
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-
-from m3e_hq.flows.pipeline.params import BuildParams, CliField, cli_fields
-from m3e_hq.sources import cache
-from m3e_hq.sources.catalog import CatalogError, HttpObtain, HubObtain, ManualObtain, Source, default_catalog
-from m3e_hq.sources.fetch import Obtained, source_status
+from typer.core import TyperCommand
 
 if TYPE_CHECKING:
     from prefect.server.api.server import SubprocessASGIServer
+    from pydantic import ValidationError
+
+    from m3e_hq.flows.pipeline.params import CliField
+    from m3e_hq.sources.catalog import Source
+    from m3e_hq.sources.fetch import Obtained
 
 # Offline-safe Prefect defaults for local runs (set before prefect is imported; the user's settings win).
 # The temporary server a local run starts logs harmless CancelledError tracebacks while it shuts down after the
@@ -51,7 +51,9 @@ app = typer.Typer(help="Build m3e-hq, the cleaned M3E Chinese text-pair dataset,
 console = Console() if sys.stdout.isatty() else Console(width=200)
 
 
-def obtain_text(source: Source) -> str:
+def obtain_text(source: "Source") -> str:
+    from m3e_hq.sources.catalog import HttpObtain, HubObtain
+
     obtain = source.obtain
     if isinstance(obtain, HubObtain):
         return f"hf {obtain.repo}" + ("" if obtain.ref == "main" else f" ({obtain.ref})")
@@ -64,7 +66,7 @@ def yes_no(value: bool) -> str:
     return "是" if value else "否"
 
 
-def markdown_table(sources: list[Source]) -> str:
+def markdown_table(sources: list["Source"]) -> str:
     """The README's source table, generated from the catalog."""
     lines = [
         "| # | source | domain | M3E rows | task | prompt | quality | s2s | research | commercial | licence | obtain |",
@@ -80,14 +82,20 @@ def markdown_table(sources: list[Source]) -> str:
     return "\n".join(lines)
 
 
-# `m3e-hq build`'s options, by parameter name: the fields of BuildParams and its stage models marked with
-# json_schema_extra={"cli": ...} (the names, help and defaults are the fields').
-BUILD_OPTIONS = {"__".join(f.path): f for f in cli_fields()}
+@functools.cache
+def build_options() -> dict[str, "CliField"]:
+    """`m3e-hq build`'s options, by parameter name (`near` for --near/--no-near): the fields of BuildParams and its
+    stage models marked with json_schema_extra={"cli": ...} (the names, help and defaults are the fields')."""
+    from m3e_hq.flows.pipeline.params import cli_fields
+
+    return {f.parameter: f for f in cli_fields()}
+
+
 # Flags that set their field to the opposite, with their help (the field's description says what the field does).
 INVERTED = {"--keep-eval-splits": "keep the native splits C-MTEB evaluates on (dropped by default)"}
 
 
-def option_help(field: CliField) -> str:
+def option_help(field: "CliField") -> str:
     if field.model is not None:
         return (f"{field.info.description}: a YAML or JSON file of {field.model.__name__} fields (the options given "
                 "win)")
@@ -96,7 +104,7 @@ def option_help(field: CliField) -> str:
     return field.info.description + (" (repeatable, or comma-separated)" if field.info.annotation == list[str] else "")
 
 
-def option_annotation(field: CliField) -> Any:
+def option_annotation(field: "CliField") -> Any:
     """The option's type and typer.Option: the field's type, a file for a field holding a stage model, or a string
     for a choice (checked by BuildParams, so that a wrong one is reported as the others are)."""
     help_text = escape(option_help(field))
@@ -108,35 +116,73 @@ def option_annotation(field: CliField) -> Any:
     return Annotated[field.info.annotation, typer.Option(*field.names, help=help_text)]
 
 
-def option_default(field: CliField) -> Any:
+def option_default(field: "CliField") -> Any:
     if field.model is not None:
         return None
     default = field.info.get_default(call_default_factory=True)
     return not default if field.names[0] in INVERTED else default
 
 
-def option_value(field: CliField, value: Any) -> Any:
+def option_value(field: "CliField", value: Any) -> Any:
     """The field's value for the option's: the opposite for an inverted flag, names split at commas for a list."""
     if field.names[0] in INVERTED:
         return not value
     return split_names(value) if isinstance(value, list) else value
 
 
-def build_option(name: str) -> Any:
-    """The option `name` of `m3e-hq build`, for the other commands that take it."""
-    return option_annotation(next(f for f in BUILD_OPTIONS.values() if f.names[0] == name))
+class Deferred(TyperCommand):
+    """A command that takes options of `m3e-hq build`: its click command is made when it runs or shows its help.
+    Those options come from BuildParams, whose stage models import numba, polars and datasets with their modules;
+    `m3e-hq --help`, `m3e-hq sources` and a mistyped command do not wait for them."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: typer.Context | None = None,
+                     **extra: Any) -> typer.Context:
+        return full_command(self.name).make_context(info_name, args, parent=parent, **extra)
 
 
-CacheOption = build_option("--cache-dir")
-ManualOption = build_option("--manual-dir")
-SourcesOption = build_option("--sources")
-CommercialOption = build_option("--commercial-only")
-UnknownLicenseOption = build_option("--include-unknown-license")
-PushOption = build_option("--push-to-hub")
-RequireAllOption = build_option("--require-all")
+# The Deferred commands by name, with the names of the `m3e-hq build` options each takes (empty: all of them).
+DEFERRED: dict[str, tuple[Callable[..., None], tuple[str, ...]]] = {}
 
 
-def status_text(o: Obtained) -> str:
+def with_build_options(*names: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register the decorated command on `app` as a Deferred command that takes the `m3e-hq build` options `names`
+    as its parameters of the same names (`cache_dir` for --cache-dir), or all of them as its **options."""
+
+    def register(command: Callable[..., None]) -> Callable[..., None]:
+        DEFERRED[command.__name__] = (command, names)
+        app.command(command.__name__, cls=Deferred, help=inspect.getdoc(command))(lambda: None)
+        return command
+
+    return register
+
+
+def full_signature(command: Callable[..., None], names: tuple[str, ...]) -> inspect.Signature:
+    """`command`'s own parameters, then the `m3e-hq build` options `names` (all of them when none are named)."""
+    options = build_options()
+    taken = {n: f for n, f in options.items() if not names or f.names[0] in names}
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(command).parameters.values()
+           if p.kind is not inspect.Parameter.VAR_KEYWORD and p.name not in taken]
+    derived = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=option_annotation(field),
+                                 default=option_default(field)) for name, field in taken.items()]
+    return inspect.Signature([*own, *derived])
+
+
+@functools.cache
+def full_command(name: str) -> TyperCommand:
+    """The click command of the Deferred command `name`, with its options of `m3e-hq build`."""
+    command, names = DEFERRED[name]
+
+    def run(**values: Any) -> None:
+        command(**values)
+
+    functools.update_wrapper(run, command)
+    run.__signature__ = full_signature(command, names)
+    info = typer.models.CommandInfo(name=name, callback=run)
+    return typer.main.get_command_from_info(info, pretty_exceptions_short=app.pretty_exceptions_short,
+                                            rich_markup_mode=app.rich_markup_mode)
+
+
+def status_text(o: "Obtained") -> str:
     """A source's cache status in a few words: cached (with the commit or hash), manual, failed or not downloaded."""
     if o.status == "cached":
         if o.revision:
@@ -153,8 +199,10 @@ def status_text(o: Obtained) -> str:
     return o.status
 
 
-def manual_markdown_table(sources: list[Source], manual_root: str = "data/manual") -> str:
+def manual_markdown_table(sources: list["Source"], manual_root: str = "data/manual") -> str:
     """The README's table of the sources downloaded by hand: where to get them, which files go where."""
+    from m3e_hq.sources.catalog import ManualObtain
+
     lines = ["| source | download from | put these files | in |", "|---|---|---|---|"]
     for s in sources:
         obtain = s.obtain
@@ -171,10 +219,17 @@ def sources(
     markdown: Annotated[bool, typer.Option(help="print the README's Markdown table instead")] = False,
     manual_markdown: Annotated[bool, typer.Option(help="print the README's table of manual sources instead")]
     = False,
-    cache_dir: CacheOption = None,
-    manual_dir: ManualOption = None,
+    # Declared here rather than taken from BuildParams, which `m3e-hq sources` does not import (see Deferred).
+    cache_dir: Annotated[Path | None, typer.Option(help="download cache; default $M3E_HQ_CACHE or ~/.cache/m3e-hq")]
+    = None,
+    manual_dir: Annotated[Path | None, typer.Option(help="hand-downloaded sources; default $M3E_HQ_MANUAL or "
+                                                    "data/manual")] = None,
 ) -> None:
     """List the 29 sources with their M3E table values, licence flags and cache status (no network)."""
+    from m3e_hq.sources import cache
+    from m3e_hq.sources.catalog import CatalogError, default_catalog
+    from m3e_hq.sources.fetch import source_status
+
     try:
         catalog = default_catalog()
     except CatalogError as exc:
@@ -233,7 +288,7 @@ def holds(values: Any, loc: tuple) -> bool:
     return True
 
 
-def fail_on_invalid(exc: ValidationError, layers: Sequence[Layer] = ()) -> NoReturn:
+def fail_on_invalid(exc: "ValidationError", layers: Sequence[Layer] = ()) -> NoReturn:
     """Print each error on one line, naming the file and field, or the option, its value came from; exit 2."""
     for err in exc.errors():
         where = ".".join(str(part) for part in err["loc"] if part)
@@ -266,7 +321,7 @@ def build_layers(config: Path | None, given: dict[str, Any]) -> list[Layer]:
     """The build's parameters, lowest precedence first: the --config file, the --filters and --mine files, then the
     other options given (`given`: option values by parameter name)."""
     layers = [Layer(str(config), read_mapping(config), True)] if config else []
-    fields = {name: BUILD_OPTIONS[name] for name in given}
+    fields = {name: build_options()[name] for name in given}
     layers += [Layer(str(given[name]), nest(field.path, read_mapping(given[name])), True)
                for name, field in fields.items() if field.model is not None]
     layers += [Layer(field.names[0], nest(field.path, option_value(field, given[name])), False)
@@ -274,29 +329,18 @@ def build_layers(config: Path | None, given: dict[str, Any]) -> list[Layer]:
     return layers
 
 
-def with_build_options(command: Callable[..., None]) -> Callable[..., None]:
-    """`command`, which takes BUILD_OPTIONS as **options, with a signature that declares them to typer."""
-    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(command).parameters.values()
-           if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    derived = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=option_annotation(field),
-                                 default=option_default(field)) for name, field in BUILD_OPTIONS.items()]
-    command.__signature__ = inspect.Signature([*own, *derived])
-    return command
-
-
-@app.command()
-def download(
-    source: SourcesOption = None,
-    cache_dir: CacheOption = None,
-    manual_dir: ManualOption = None,
-    require_all: RequireAllOption = False,
-) -> None:
+@with_build_options("--sources", "--cache-dir", "--manual-dir", "--require-all")
+def download(sources: list[str] | None = None, cache_dir: Path | None = None, manual_dir: Path | None = None,
+             require_all: bool = False) -> None:
     """Download the selected sources into the cache (Hub and HTTP) and check the manual folder; no build."""
+    from pydantic import ValidationError
+
     from m3e_hq import progress
     from m3e_hq.flows.pipeline.download import MissingSourcesError, download_m3e_hq_sources
+    from m3e_hq.flows.pipeline.params import BuildParams
 
     try:
-        params = BuildParams(sources=split_names(source), cache_dir=cache_dir, manual_dir=manual_dir)
+        params = BuildParams(sources=split_names(sources), cache_dir=cache_dir, manual_dir=manual_dir)
     except ValidationError as exc:
         fail_on_invalid(exc)
     console.print(f"Downloading into {params.cache_root} (manual sources from {params.manual_root})")
@@ -318,8 +362,7 @@ def download(
         raise typer.Exit(1)
 
 
-@app.command()
-@with_build_options
+@with_build_options()
 def build(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option("--config", metavar="FILE", help="YAML or JSON file of build "
@@ -336,7 +379,10 @@ def build(
     mine hard negatives and teacher scores, print per-source and per-stage counts, write the manifest. Without
     --samples or --raw-dir the sources are downloaded into the cache first. The parameters are BuildParams': its
     defaults, then the --config file, then the options given."""
+    from pydantic import ValidationError
+
     from m3e_hq.flows.pipeline.download import MissingSourcesError
+    from m3e_hq.flows.pipeline.params import BuildParams
 
     # The options given on the command line (typer vendors click, whose ParameterSource it does not export).
     given = {name: value for name, value in options.items() if ctx.get_parameter_source(name).name == "COMMANDLINE"}
@@ -574,18 +620,19 @@ def print_published(published: dict) -> None:
         console.print(f"uploaded {repo}: {url}", soft_wrap=True)
 
 
-@app.command()
+@with_build_options("--commercial-only", "--include-unknown-license", "--push-to-hub")
 def export(
     out: Annotated[Path, typer.Option(help="folder for the exported m3e-hq/ and m3e-hq-with-score/")],
     build: Annotated[Path, typer.Option(help="a finished build folder")] = Path("data/build/full"),
-    commercial_only: CommercialOption = False,
-    include_unknown_license: UnknownLicenseOption = False,
-    push_to_hub: PushOption = None,
+    commercial_only: bool = False,
+    include_unknown_license: bool = False,
+    push_to_hub: str | None = None,
 ) -> None:
     """Publish both datasets again from a finished build, e.g. the commercial-only subset, into OUT."""
     from m3e_hq.flows.pipeline.build import push_both
     from m3e_hq.flows.pipeline.push import PushError
     from m3e_hq.flows.stages.publish import PublishParams, publish
+    from m3e_hq.sources.catalog import default_catalog
 
     if not (build / "manifest.json").is_file():
         console.print(f"[red]error:[/red] {build} holds no finished build (no manifest.json): run `m3e-hq build` "

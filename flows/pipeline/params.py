@@ -36,7 +36,8 @@ class BuildParams(BaseModel):
                           json_schema_extra={CLI: "--samples"})
     raw_dir: Path | None = Field(None, description="read native files laid out as <raw_dir>/<source>/<files>",
                                  json_schema_extra={CLI: "--raw-dir"})
-    sources: list[str] = Field(default_factory=list, description="source names; empty means all 29",
+    sources: list[str] = Field(default_factory=list, description="source names, in any case (`m3e-hq sources` "
+                               "lists them); empty means all 29",
                                json_schema_extra={CLI: ["--sources", "-s"]})
     out_dir: Path | None = Field(None, description="build folder; default data/build/<full|samples|local>",
                                  json_schema_extra={CLI: "--out"})
@@ -63,11 +64,13 @@ class BuildParams(BaseModel):
     @field_validator("sources")
     @classmethod
     def _known_sources(cls, names: list[str]) -> list[str]:
+        """The catalog's spelling of each name, given in any case or as an alias (`bq`, `firefly`)."""
+        catalog = default_catalog()
         try:
-            default_catalog().select(names)
+            catalog.select(names)
         except KeyError as exc:
             raise ValueError(exc.args[0]) from None
-        return names
+        return [catalog.get(n).name for n in names]
 
     @model_validator(mode="after")
     def _one_input(self) -> "BuildParams":
@@ -118,6 +121,11 @@ class CliField:
     path: tuple[str, ...]  # where the field is, e.g. ("dedup", "minhash", "threshold")
     names: tuple[str, ...]  # the option's names, e.g. ("--sources", "-s") or ("--near/--no-near",)
     info: FieldInfo
+
+    @property
+    def parameter(self) -> str:
+        """The option's parameter name: near for --near/--no-near, dedup_on for --dedup-on."""
+        return self.names[0].split("/")[0].removeprefix("--").replace("-", "_")
 
     @property
     def model(self) -> type | None:

@@ -24,6 +24,7 @@ from m3e_hq.sources.catalog import default_catalog
 from m3e_hq.sources.layout import SAMPLES_DIR
 
 BUILD_ROOT = Path("data") / "build"  # in the working directory
+Mode = Literal["samples", "local", "full"]  # where the native files come from
 CLI = "cli"  # the json_schema_extra key of a field that is a `m3e-hq build` option: its name, or a list of names
 
 
@@ -83,7 +84,7 @@ class BuildParams(BaseModel):
         return self
 
     @property
-    def mode(self) -> Literal["samples", "local", "full"]:
+    def mode(self) -> Mode:
         """Where the native files come from: the samples, a local folder, or downloads and the manual folder."""
         if self.samples:
             return "samples"
@@ -98,7 +99,7 @@ class BuildParams(BaseModel):
 
     @property
     def build_dir(self) -> Path:
-        return self.out_dir or Path.cwd() / BUILD_ROOT / self.mode
+        return self.out_dir or default_build_dir(self.mode)
 
     @property
     def embedding_cache(self) -> Path:
@@ -112,6 +113,11 @@ class BuildParams(BaseModel):
     @property
     def manual_root(self) -> Path:
         return cache.manual_dir(self.manual_dir)
+
+
+def default_build_dir(mode: Mode) -> Path:
+    """The build folder of a build into no --out: data/build/<mode> in the working directory (`build`, `export`)."""
+    return Path.cwd() / BUILD_ROOT / mode
 
 
 @dataclass(frozen=True)

@@ -233,9 +233,9 @@ def sources(
     manual_dir: Annotated[Path | None, typer.Option(help="hand-downloaded sources; default $M3E_HQ_MANUAL or "
                                                     "data/manual")] = None,
 ) -> None:
-    """List the 29 sources: their M3E table values, licence, how each is obtained and what is cached.
+    """List the 29 sources and what is cached (no network).
 
-    No network is used."""
+    Each source's M3E table values, licence, how it is obtained and its cache status."""
     from m3e_hq.sources import cache
     from m3e_hq.sources.catalog import CatalogError, default_catalog
     from m3e_hq.sources.fetch import source_status
@@ -349,7 +349,7 @@ def build_layers(config: Path | None, given: dict[str, Any]) -> list[Layer]:
 @with_build_options("--sources", "--cache-dir", "--manual-dir", "--require-all")
 def download(sources: list[str] | None = None, cache_dir: Path | None = None, manual_dir: Path | None = None,
              require_all: bool = False) -> None:
-    """Download the selected sources into the cache and check the manual folder; no build.
+    """Download the selected sources into the cache; no build.
 
     Hub and HTTP sources are downloaded (the download-m3e-hq-sources flow); the hand-downloaded ones are looked for in
     the manual folder."""
@@ -395,7 +395,7 @@ def build(
                                                     "ray://head:10001 (default: a local Ray instance)")] = None,
     **options: Any,
 ) -> None:
-    """Build m3e-hq and m3e-hq-with-score: the build-m3e-hq flow.
+    """Build m3e-hq and m3e-hq-with-score (the build-m3e-hq flow).
 
     Obtain (download) and ingest every selected source, filter the pairs, dedup them, mine hard negatives and teacher
     scores, print per-source and per-stage counts, write the manifest. Without --samples or --raw-dir the sources are
@@ -651,9 +651,9 @@ def stage_table(stages: dict) -> Table:
 def serve(
     limit: Annotated[int, typer.Option(min=1, help="flow runs at a time")] = 1,
 ) -> None:
-    """Serve the Prefect deployment build-m3e-hq/build-m3e-hq until interrupted.
+    """Serve the Prefect deployment build-m3e-hq/build-m3e-hq.
 
-    Needs a Prefect server (`prefect server start`) and PREFECT_API_URL set (http://127.0.0.1:4200/api)."""
+    It runs until interrupted. Needs a Prefect server (`prefect server start`) and PREFECT_API_URL set (http://127.0.0.1:4200/api)."""
     from m3e_hq.flows.pipeline.deploy import RUN_EXAMPLE, ServeError, check_api
     from m3e_hq.flows.pipeline.deploy import serve as serve_deployment
 
@@ -701,9 +701,9 @@ def export(
     include_unknown_license: bool = False,
     push_to_hub: str | None = None,
 ) -> None:
-    """Publish both datasets again from a finished build, e.g. the commercial-only subset.
+    """Publish both datasets again from a finished build.
 
-    The datasets go into OUT; with --push-to-hub, to the Hub too."""
+    E.g. the commercial-only subset. The datasets go into OUT; with --push-to-hub, to the Hub too."""
     from m3e_hq.flows.pipeline.build import push_both
     from m3e_hq.flows.pipeline.params import default_build_dir
     from m3e_hq.flows.pipeline.push import PushError

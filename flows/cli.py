@@ -13,18 +13,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, NoReturn, get_args, get_origin
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-
-from m3e_hq.flows.pipeline.params import BuildParams, CliField, cli_fields
-from m3e_hq.sources import cache
-from m3e_hq.sources.catalog import CatalogError, HttpObtain, HubObtain, ManualObtain, Source, default_catalog
-from m3e_hq.sources.fetch import Obtained, source_status
+from typer.core import TyperCommand
 
 if TYPE_CHECKING:
     from prefect.server.api.server import SubprocessASGIServer
+    from pydantic import ValidationError
+
+    from m3e_hq.flows.pipeline.params import CliField
+    from m3e_hq.sources.catalog import Source
+    from m3e_hq.sources.fetch import Obtained
 
 # Offline-safe Prefect defaults for local runs (set before prefect is imported; the user's settings win).
 # The temporary server a local run starts logs harmless CancelledError tracebacks while it shuts down after the
@@ -51,7 +51,9 @@ app = typer.Typer(help="Build m3e-hq, the cleaned M3E Chinese text-pair dataset,
 console = Console() if sys.stdout.isatty() else Console(width=200)
 
 
-def obtain_text(source: Source) -> str:
+def obtain_text(source: "Source") -> str:
+    from m3e_hq.sources.catalog import HttpObtain, HubObtain
+
     obtain = source.obtain
     if isinstance(obtain, HubObtain):
         return f"hf {obtain.repo}" + ("" if obtain.ref == "main" else f" ({obtain.ref})")
@@ -64,7 +66,7 @@ def yes_no(value: bool) -> str:
     return "是" if value else "否"
 
 
-def markdown_table(sources: list[Source]) -> str:
+def markdown_table(sources: list["Source"]) -> str:
     """The README's source table, generated from the catalog."""
     lines = [
         "| # | source | domain | M3E rows | task | prompt | quality | s2s | research | commercial | licence | obtain |",
@@ -80,23 +82,31 @@ def markdown_table(sources: list[Source]) -> str:
     return "\n".join(lines)
 
 
-# `m3e-hq build`'s options, by parameter name: the fields of BuildParams and its stage models marked with
-# json_schema_extra={"cli": ...} (the names, help and defaults are the fields').
-BUILD_OPTIONS = {"__".join(f.path): f for f in cli_fields()}
+@functools.cache
+def build_options() -> dict[str, "CliField"]:
+    """`m3e-hq build`'s options, by parameter name (`near` for --near/--no-near): the fields of BuildParams and its
+    stage models marked with json_schema_extra={"cli": ...} (the names, help and defaults are the fields')."""
+    from m3e_hq.flows.pipeline.params import cli_fields
+
+    return {f.parameter: f for f in cli_fields()}
+
+
 # Flags that set their field to the opposite, with their help (the field's description says what the field does).
 INVERTED = {"--keep-eval-splits": "keep the native splits C-MTEB evaluates on (dropped by default)"}
+# Where the README lists the fields of the stage models that --filters and --mine take, by option.
+FIELDS_LISTED = {"--filters": "Quality filters", "--mine": "Mining: hard negatives and teacher scores"}
 
 
-def option_help(field: CliField) -> str:
+def option_help(field: "CliField") -> str:
     if field.model is not None:
-        return (f"{field.info.description}: a YAML or JSON file of {field.model.__name__} fields (the options given "
-                "win)")
+        return (f"{field.info.description}: a YAML or JSON file of {field.model.__name__} fields, which the README "
+                f"lists (section {FIELDS_LISTED[field.names[0]]}); the options given win")
     if field.names[0] in INVERTED:
         return INVERTED[field.names[0]]
     return field.info.description + (" (repeatable, or comma-separated)" if field.info.annotation == list[str] else "")
 
 
-def option_annotation(field: CliField) -> Any:
+def option_annotation(field: "CliField") -> Any:
     """The option's type and typer.Option: the field's type, a file for a field holding a stage model, or a string
     for a choice (checked by BuildParams, so that a wrong one is reported as the others are)."""
     help_text = escape(option_help(field))
@@ -108,35 +118,73 @@ def option_annotation(field: CliField) -> Any:
     return Annotated[field.info.annotation, typer.Option(*field.names, help=help_text)]
 
 
-def option_default(field: CliField) -> Any:
+def option_default(field: "CliField") -> Any:
     if field.model is not None:
         return None
     default = field.info.get_default(call_default_factory=True)
     return not default if field.names[0] in INVERTED else default
 
 
-def option_value(field: CliField, value: Any) -> Any:
+def option_value(field: "CliField", value: Any) -> Any:
     """The field's value for the option's: the opposite for an inverted flag, names split at commas for a list."""
     if field.names[0] in INVERTED:
         return not value
     return split_names(value) if isinstance(value, list) else value
 
 
-def build_option(name: str) -> Any:
-    """The option `name` of `m3e-hq build`, for the other commands that take it."""
-    return option_annotation(next(f for f in BUILD_OPTIONS.values() if f.names[0] == name))
+class Deferred(TyperCommand):
+    """A command that takes options of `m3e-hq build`: its click command is made when it runs or shows its help.
+    Those options come from BuildParams, whose stage models import numba, polars and datasets with their modules;
+    `m3e-hq --help`, `m3e-hq sources` and a mistyped command do not wait for them."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: typer.Context | None = None,
+                     **extra: Any) -> typer.Context:
+        return full_command(self.name).make_context(info_name, args, parent=parent, **extra)
 
 
-CacheOption = build_option("--cache-dir")
-ManualOption = build_option("--manual-dir")
-SourcesOption = build_option("--sources")
-CommercialOption = build_option("--commercial-only")
-UnknownLicenseOption = build_option("--include-unknown-license")
-PushOption = build_option("--push-to-hub")
-RequireAllOption = build_option("--require-all")
+# The Deferred commands by name, with the names of the `m3e-hq build` options each takes (empty: all of them).
+DEFERRED: dict[str, tuple[Callable[..., None], tuple[str, ...]]] = {}
 
 
-def status_text(o: Obtained) -> str:
+def with_build_options(*names: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register the decorated command on `app` as a Deferred command that takes the `m3e-hq build` options `names`
+    as its parameters of the same names (`cache_dir` for --cache-dir), or all of them as its **options."""
+
+    def register(command: Callable[..., None]) -> Callable[..., None]:
+        DEFERRED[command.__name__] = (command, names)
+        app.command(command.__name__, cls=Deferred, help=inspect.getdoc(command))(lambda: None)
+        return command
+
+    return register
+
+
+def full_signature(command: Callable[..., None], names: tuple[str, ...]) -> inspect.Signature:
+    """`command`'s own parameters, then the `m3e-hq build` options `names` (all of them when none are named)."""
+    options = build_options()
+    taken = {n: f for n, f in options.items() if not names or f.names[0] in names}
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(command).parameters.values()
+           if p.kind is not inspect.Parameter.VAR_KEYWORD and p.name not in taken]
+    derived = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=option_annotation(field),
+                                 default=option_default(field)) for name, field in taken.items()]
+    return inspect.Signature([*own, *derived])
+
+
+@functools.cache
+def full_command(name: str) -> TyperCommand:
+    """The click command of the Deferred command `name`, with its options of `m3e-hq build`."""
+    command, names = DEFERRED[name]
+
+    def run(**values: Any) -> None:
+        command(**values)
+
+    functools.update_wrapper(run, command)
+    run.__signature__ = full_signature(command, names)
+    info = typer.models.CommandInfo(name=name, callback=run)
+    return typer.main.get_command_from_info(info, pretty_exceptions_short=app.pretty_exceptions_short,
+                                            rich_markup_mode=app.rich_markup_mode)
+
+
+def status_text(o: "Obtained") -> str:
     """A source's cache status in a few words: cached (with the commit or hash), manual, failed or not downloaded."""
     if o.status == "cached":
         if o.revision:
@@ -153,8 +201,10 @@ def status_text(o: Obtained) -> str:
     return o.status
 
 
-def manual_markdown_table(sources: list[Source], manual_root: str = "data/manual") -> str:
+def manual_markdown_table(sources: list["Source"], manual_root: str = "data/manual") -> str:
     """The README's table of the sources downloaded by hand: where to get them, which files go where."""
+    from m3e_hq.sources.catalog import ManualObtain
+
     lines = ["| source | download from | put these files | in |", "|---|---|---|---|"]
     for s in sources:
         obtain = s.obtain
@@ -166,15 +216,30 @@ def manual_markdown_table(sources: list[Source], manual_root: str = "data/manual
     return "\n".join(lines)
 
 
+# The columns of the `sources` table, and those it keeps on a console narrower than WIDE_CONSOLE.
+SOURCE_COLUMNS = ("source", "domain", "M3E rows", "task", "s2s", "commercial", "licence", "obtain", "status")
+NARROW_SOURCE_COLUMNS = ("source", "M3E rows", "s2s", "commercial", "status")
+WIDE_CONSOLE = 120
+
+
 @app.command()
 def sources(
     markdown: Annotated[bool, typer.Option(help="print the README's Markdown table instead")] = False,
     manual_markdown: Annotated[bool, typer.Option(help="print the README's table of manual sources instead")]
     = False,
-    cache_dir: CacheOption = None,
-    manual_dir: ManualOption = None,
+    # Declared here rather than taken from BuildParams, which `m3e-hq sources` does not import (see Deferred).
+    cache_dir: Annotated[Path | None, typer.Option(help="download cache; default $M3E_HQ_CACHE or ~/.cache/m3e-hq")]
+    = None,
+    manual_dir: Annotated[Path | None, typer.Option(help="hand-downloaded sources; default $M3E_HQ_MANUAL or "
+                                                    "data/manual")] = None,
 ) -> None:
-    """List the 29 sources with their M3E table values, licence flags and cache status (no network)."""
+    """List the 29 sources and what is cached (no network).
+
+    Each source's M3E table values, licence, how it is obtained and its cache status."""
+    from m3e_hq.sources import cache
+    from m3e_hq.sources.catalog import CatalogError, default_catalog
+    from m3e_hq.sources.fetch import source_status
+
     try:
         catalog = default_catalog()
     except CatalogError as exc:
@@ -187,13 +252,20 @@ def sources(
         print(manual_markdown_table(catalog.sources))
         return
     cache_root, manual_root = cache.cache_dir(cache_dir), cache.manual_dir(manual_dir)
-    table = Table(title=f"M3E sources ({len(catalog.sources)}); cache {cache_root}, manual folder {manual_root}")
-    for column in ("source", "domain", "M3E rows", "task", "s2s", "commercial", "licence", "obtain", "status"):
-        table.add_column(column, justify="right" if column == "M3E rows" else "left", overflow="fold")
+    columns = SOURCE_COLUMNS if console.width >= WIDE_CONSOLE else NARROW_SOURCE_COLUMNS
+    left_out = "" if columns == SOURCE_COLUMNS else " (a wider terminal or --markdown shows every column)"
+    table = Table(title=f"M3E sources ({len(catalog.sources)}); cache {cache_root}, manual folder {manual_root}"
+                  f"{left_out}")
+    for column in columns:
+        table.add_column(column, justify="right" if column == "M3E rows" else "left", overflow="fold",
+                         no_wrap=column == "M3E rows")
     for s in catalog.sources:
         status = source_status(s, cache_root, manual_root)
-        table.add_row(s.name, s.domain.label_zh, f"{s.reported_rows:,}", " ".join(t.label_zh for t in s.task_types),
-                      yes_no(s.homogeneous), s.commercial.label_zh, s.license, obtain_text(s), status_text(status))
+        row = {"source": s.name, "domain": s.domain.label_zh, "M3E rows": f"{s.reported_rows:,}",
+               "task": " ".join(t.label_zh for t in s.task_types), "s2s": yes_no(s.homogeneous),
+               "commercial": s.commercial.label_zh, "licence": s.license, "obtain": obtain_text(s),
+               "status": status_text(status)}
+        table.add_row(*(row[column] for column in columns))
     console.print(table)
 
 
@@ -233,7 +305,7 @@ def holds(values: Any, loc: tuple) -> bool:
     return True
 
 
-def fail_on_invalid(exc: ValidationError, layers: Sequence[Layer] = ()) -> NoReturn:
+def fail_on_invalid(exc: "ValidationError", layers: Sequence[Layer] = ()) -> NoReturn:
     """Print each error on one line, naming the file and field, or the option, its value came from; exit 2."""
     for err in exc.errors():
         where = ".".join(str(part) for part in err["loc"] if part)
@@ -266,7 +338,7 @@ def build_layers(config: Path | None, given: dict[str, Any]) -> list[Layer]:
     """The build's parameters, lowest precedence first: the --config file, the --filters and --mine files, then the
     other options given (`given`: option values by parameter name)."""
     layers = [Layer(str(config), read_mapping(config), True)] if config else []
-    fields = {name: BUILD_OPTIONS[name] for name in given}
+    fields = {name: build_options()[name] for name in given}
     layers += [Layer(str(given[name]), nest(field.path, read_mapping(given[name])), True)
                for name, field in fields.items() if field.model is not None]
     layers += [Layer(field.names[0], nest(field.path, option_value(field, given[name])), False)
@@ -274,29 +346,21 @@ def build_layers(config: Path | None, given: dict[str, Any]) -> list[Layer]:
     return layers
 
 
-def with_build_options(command: Callable[..., None]) -> Callable[..., None]:
-    """`command`, which takes BUILD_OPTIONS as **options, with a signature that declares them to typer."""
-    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(command).parameters.values()
-           if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    derived = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=option_annotation(field),
-                                 default=option_default(field)) for name, field in BUILD_OPTIONS.items()]
-    command.__signature__ = inspect.Signature([*own, *derived])
-    return command
+@with_build_options("--sources", "--cache-dir", "--manual-dir", "--require-all")
+def download(sources: list[str] | None = None, cache_dir: Path | None = None, manual_dir: Path | None = None,
+             require_all: bool = False) -> None:
+    """Download the selected sources into the cache; no build.
 
+    Hub and HTTP sources are downloaded (the download-m3e-hq-sources flow); the hand-downloaded ones are looked for in
+    the manual folder."""
+    from pydantic import ValidationError
 
-@app.command()
-def download(
-    source: SourcesOption = None,
-    cache_dir: CacheOption = None,
-    manual_dir: ManualOption = None,
-    require_all: RequireAllOption = False,
-) -> None:
-    """Download the selected sources into the cache (Hub and HTTP) and check the manual folder; no build."""
     from m3e_hq import progress
     from m3e_hq.flows.pipeline.download import MissingSourcesError, download_m3e_hq_sources
+    from m3e_hq.flows.pipeline.params import BuildParams
 
     try:
-        params = BuildParams(sources=split_names(source), cache_dir=cache_dir, manual_dir=manual_dir)
+        params = BuildParams(sources=split_names(sources), cache_dir=cache_dir, manual_dir=manual_dir)
     except ValidationError as exc:
         fail_on_invalid(exc)
     console.print(f"Downloading into {params.cache_root} (manual sources from {params.manual_root})")
@@ -318,8 +382,7 @@ def download(
         raise typer.Exit(1)
 
 
-@app.command()
-@with_build_options
+@with_build_options()
 def build(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option("--config", metavar="FILE", help="YAML or JSON file of build "
@@ -332,11 +395,16 @@ def build(
                                                     "ray://head:10001 (default: a local Ray instance)")] = None,
     **options: Any,
 ) -> None:
-    """Run the build-m3e-hq flow: obtain (download) and ingest every selected source, filter the pairs, dedup them,
-    mine hard negatives and teacher scores, print per-source and per-stage counts, write the manifest. Without
-    --samples or --raw-dir the sources are downloaded into the cache first. The parameters are BuildParams': its
-    defaults, then the --config file, then the options given."""
+    """Build m3e-hq and m3e-hq-with-score (the build-m3e-hq flow).
+
+    Obtain (download) and ingest every selected source, filter the pairs, dedup them, mine hard negatives and teacher
+    scores, print per-source and per-stage counts, write the manifest. Without --samples or --raw-dir the sources are
+    downloaded into the cache first. The parameters are BuildParams': its defaults, then the --config file, then the
+    options given."""
+    from pydantic import ValidationError
+
     from m3e_hq.flows.pipeline.download import MissingSourcesError
+    from m3e_hq.flows.pipeline.params import BuildParams
 
     # The options given on the command line (typer vendors click, whose ParameterSource it does not export).
     given = {name: value for name, value in options.items() if ctx.get_parameter_source(name).name == "COMMANDLINE"}
@@ -367,6 +435,10 @@ def build(
     console.print(f"Building m3e-hq from {origin} into {params.build_dir}")
     try:
         check_writable(params.build_dir)
+    except OSError as exc:
+        console.print(f"[red]error:[/red] {escape(output_failure(exc, params.build_dir, ran=False))}", soft_wrap=True)
+        raise typer.Exit(OUTPUT_FAILED) from None
+    try:
         with build_lock(params.build_dir), progress.showing(console), quiet_output_errors(), one_api_server(runner):
             summary = flow(params)
     except BuildFolderBusy as exc:
@@ -378,10 +450,14 @@ def build(
     except OSError as exc:
         if not output_problem(exc):
             raise
-        console.print(f"[red]error:[/red] {escape(output_failure(exc, params.build_dir))}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(output_failure(exc, params.build_dir, ran=True))}",
+                      soft_wrap=True)
         raise typer.Exit(OUTPUT_FAILED) from None
     results = summary["results"]
-    console.print(summary_table(results, summary["stages"]))
+    console.print(ingest_table(results))
+    later = later_table(results, summary["stages"])
+    if later is not None:
+        console.print(later)
     console.print(stage_table(summary["stages"]))
     console.print(f"Manifest: {summary['manifest']}")
     print_published(summary["published"])
@@ -432,15 +508,28 @@ def quiet_output_errors() -> Iterator[None]:
             handler.removeFilter(quiet)
 
 
-def output_failure(exc: OSError, build_dir: Path) -> str:
-    """What could not be written and why, what to do, and that nothing was published."""
+def output_failure(exc: OSError, build_dir: Path, ran: bool) -> str:
+    """What could not be written and why, what to do, and that nothing was published; `ran`: whether the flow had
+    started (else no stage ran)."""
     where = Path(exc.filename) if exc.filename else build_dir
-    remedy = "free some space there" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable"
     option = "--out DIR" if where.is_relative_to(build_dir) else "--cache-dir DIR"
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
-    return (f"cannot write {where}: {reason}. {remedy.capitalize()}, or choose another folder with "
-            f"{option}, then run the command again: the stages that completed are not run again. Nothing was "
-            f"published: the datasets in {build_dir} (if any) are as they were.")
+    again = "then run the command again: the stages that completed are not run again" if ran else \
+        "then run the command again. No stage ran"
+    return (f"cannot write {where}: {reason}. {remedy(exc, where)}, or choose another folder with "
+            f"{option}, {again}. Nothing was published: the datasets in {build_dir} (if any) are as they were.")
+
+
+def remedy(exc: OSError, where: Path) -> str:
+    """What to do about an output that cannot be written at `where`: free space, remove a file in the way, or make
+    the folder writable."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "Free some space there"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        in_the_way = next((p for p in (where, *where.parents) if p.exists() and not p.is_dir()), None)
+        if in_the_way is not None:
+            return f"{in_the_way} is a file, not a folder: move it away"
+    return "Make it writable"
 
 
 def server_startup_seconds() -> int:
@@ -502,31 +591,43 @@ def one_api_server(runner: str = "thread") -> Iterator[None]:
         yield
 
 
-def summary_table(results: list, stages: dict) -> Table:
-    """Per source: rows read, kept by ingest, filtered by the source's own rule, quarantined as malformed, and
-    left after each later stage in the order they ran (the quality filters, dedup, mining)."""
+def ingest_table(results: list) -> Table:
+    """Per source: its status, rows read, kept by ingest, filtered by the source's own rule, quarantined as
+    malformed. The totals are the stage table's; the reasons, per source, the manifest's."""
     from m3e_hq.flows.stages.ingest import RULE_REASONS
 
-    later = {stage: {c.source: c.kept for c in counts} for stage, counts in stages.items() if stage != "ingest"}
-    table = Table(title="rows per source")
-    columns = ("source", "status", "read", "ingested", "filtered", "quarantined", *(f"after {s}" for s in later),
-               "ingest reasons")
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("source", "status", "ingest reasons") else "right")
-    totals = [0] * (4 + len(later))
+    table = counts_table("rows per source: ingest", ("status", "read", "ingested", "filtered", "quarantined"))
     for r in results:
         c = r.counts
         if c is None:
-            table.add_row(r.source, r.status, *["-"] * (len(columns) - 3), "")
+            table.add_row(r.source, r.status, *["-"] * 4)
             continue
         filtered = sum(n for reason, n in c.dropped.items() if reason in RULE_REASONS)
-        row = [c.read, c.kept, filtered, c.dropped_total - filtered, *(kept.get(r.source, 0) for kept in
-                                                                      later.values())]
-        totals = [t + n for t, n in zip(totals, row, strict=True)]
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(c.dropped.items(), key=lambda kv: -kv[1]))
-        table.add_row(r.source, r.status, *(f"{n:,}" for n in row), reasons)
-    table.add_section()
-    table.add_row("total", "", *(f"{n:,}" for n in totals), "")
+        table.add_row(r.source, r.status, *(f"{n:,}" for n in (c.read, c.kept, filtered, c.dropped_total - filtered)))
+    return table
+
+
+def later_table(results: list, stages: dict) -> Table | None:
+    """Per ingested source: the rows left after each stage after ingest, in the order they ran (None: none ran)."""
+    later = {stage: {c.source: c.kept for c in counts} for stage, counts in stages.items() if stage != "ingest"}
+    if not later:
+        return None
+    table = counts_table("rows per source: after each stage", ("ingested", *(f"after {s}" for s in later)))
+    for r in results:
+        if r.counts is not None:
+            table.add_row(r.source, *(f"{n:,}" for n in (r.counts.kept, *(kept.get(r.source, 0)
+                                                                         for kept in later.values()))))
+    return table
+
+
+def counts_table(title: str, columns: Sequence[str]) -> Table:
+    """A table of a source column, then `columns`: text columns that wrap, and numbers that do not, to fit 80
+    columns (`status` is text, the others numbers)."""
+    table = Table(title=title)
+    table.add_column("source", overflow="fold")
+    for column in columns:
+        text = column == "status"
+        table.add_column(column, justify="left" if text else "right", no_wrap=not text, overflow="fold")
     return table
 
 
@@ -536,7 +637,8 @@ def stage_table(stages: dict) -> Table:
 
     table = Table(title="rows per stage")
     for column in ("stage", "read", "kept", "dropped", "reasons"):
-        table.add_column(column, justify="left" if column in ("stage", "reasons") else "right")
+        text = column in ("stage", "reasons")
+        table.add_column(column, justify="left" if text else "right", no_wrap=not text)
     for stage, counts in stages.items():
         totals = stage_totals(counts)
         dropped = sum(totals["dropped"].values())
@@ -549,8 +651,9 @@ def stage_table(stages: dict) -> Table:
 def serve(
     limit: Annotated[int, typer.Option(min=1, help="flow runs at a time")] = 1,
 ) -> None:
-    """Serve the build-m3e-hq flow as the Prefect deployment build-m3e-hq/build-m3e-hq until interrupted; needs a
-    Prefect server (`prefect server start`) and PREFECT_API_URL set (http://127.0.0.1:4200/api)."""
+    """Serve the Prefect deployment build-m3e-hq/build-m3e-hq.
+
+    It runs until interrupted. Needs a Prefect server (`prefect server start`) and PREFECT_API_URL set (http://127.0.0.1:4200/api)."""
     from m3e_hq.flows.pipeline.deploy import RUN_EXAMPLE, ServeError, check_api
     from m3e_hq.flows.pipeline.deploy import serve as serve_deployment
 
@@ -564,6 +667,21 @@ def serve(
     serve_deployment(limit)
 
 
+def finished(build_dir: Path) -> bool:
+    from m3e_hq.schemas import MANIFEST_NAME
+
+    return (build_dir / MANIFEST_NAME).is_file()
+
+
+def unfinished_build(build_dir: Path) -> str:
+    """Why `export` cannot export `build_dir`, and what to do: the default build folders that hold a build."""
+    from m3e_hq.flows.pipeline.params import Mode, default_build_dir
+
+    others = [folder for mode in get_args(Mode) if finished(folder := default_build_dir(mode))]
+    hint = f"pass --build {' or '.join(map(str, others))}" if others else "run `m3e-hq build` first, or pass --build DIR"
+    return f"{build_dir} holds no finished build (no manifest.json): {hint}"
+
+
 def print_published(published: dict) -> None:
     """Where the datasets are, how to load them, and where they were uploaded."""
     if "skipped" in published:
@@ -574,22 +692,27 @@ def print_published(published: dict) -> None:
         console.print(f"uploaded {repo}: {url}", soft_wrap=True)
 
 
-@app.command()
+@with_build_options("--commercial-only", "--include-unknown-license", "--push-to-hub")
 def export(
     out: Annotated[Path, typer.Option(help="folder for the exported m3e-hq/ and m3e-hq-with-score/")],
-    build: Annotated[Path, typer.Option(help="a finished build folder")] = Path("data/build/full"),
-    commercial_only: CommercialOption = False,
-    include_unknown_license: UnknownLicenseOption = False,
-    push_to_hub: PushOption = None,
+    build: Annotated[Path | None, typer.Option(help="a finished build folder; default data/build/full, as "
+                                                "`m3e-hq build` without --out")] = None,
+    commercial_only: bool = False,
+    include_unknown_license: bool = False,
+    push_to_hub: str | None = None,
 ) -> None:
-    """Publish both datasets again from a finished build, e.g. the commercial-only subset, into OUT."""
+    """Publish both datasets again from a finished build.
+
+    E.g. the commercial-only subset. The datasets go into OUT; with --push-to-hub, to the Hub too."""
     from m3e_hq.flows.pipeline.build import push_both
+    from m3e_hq.flows.pipeline.params import default_build_dir
     from m3e_hq.flows.pipeline.push import PushError
     from m3e_hq.flows.stages.publish import PublishParams, publish
+    from m3e_hq.sources.catalog import default_catalog
 
-    if not (build / "manifest.json").is_file():
-        console.print(f"[red]error:[/red] {build} holds no finished build (no manifest.json): run `m3e-hq build` "
-                      "first, or pass --build DIR")
+    build = build or default_build_dir("full")
+    if not finished(build):
+        console.print(f"[red]error:[/red] {escape(unfinished_build(build))}", soft_wrap=True)
         raise typer.Exit(2)
     params = PublishParams(commercial_only=commercial_only, include_unknown_license=include_unknown_license)
     try:

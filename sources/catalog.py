@@ -1,5 +1,6 @@
 """The source catalog (sources/catalog.yaml): loaded once, validated with pydantic, with errors that name the entry."""
 
+import difflib
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
@@ -119,6 +120,7 @@ class Source(Strict):
     """One row of the M3E dataset table plus how to obtain and map it."""
 
     name: str
+    aliases: list[str] = []  # other names the CLI and the parameters accept, e.g. firefly for the table's firefily
     domain: Domain
     reported_rows: int = Field(gt=0)
     task_types: list[TaskType] = Field(min_length=1)
@@ -185,31 +187,48 @@ class Catalog(Strict):
     @field_validator("sources")
     @classmethod
     def _unique_names(cls, sources: list[Source]) -> list[Source]:
-        names = [s.name for s in sources]
+        names = [n.casefold() for s in sources for n in (s.name, *s.aliases)]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"duplicate source names {dupes}")
+            raise ValueError(f"duplicate source names {dupes} (names and aliases, in any case)")
         return sources
-
-    def get(self, name: str) -> Source:
-        for source in self.sources:
-            if source.name == name:
-                return source
-        raise KeyError(f"unknown source {name!r}; known sources: {', '.join(self.names)}")
 
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.sources]
 
+    def _by_name(self) -> dict[str, Source]:
+        """The sources by each of their names and aliases, case-folded."""
+        return {n.casefold(): s for s in self.sources for n in (s.name, *s.aliases)}
+
+    def find(self, name: str) -> Source | None:
+        """The source called `name` in any case, or by one of its aliases; None when there is none."""
+        return self._by_name().get(name.casefold())
+
+    def get(self, name: str) -> Source:
+        source = self.find(name)
+        if source is None:
+            raise KeyError(self._unknown([name]))
+        return source
+
     def select(self, names: list[str] | None) -> list[Source]:
         """The named sources in catalog order (all when `names` is empty); unknown names raise KeyError."""
         if not names:
             return list(self.sources)
-        wanted = set(names)
-        unknown = sorted(wanted - set(self.names))
+        unknown = [n for n in names if self.find(n) is None]
         if unknown:
-            raise KeyError(f"unknown sources {unknown}; known sources: {', '.join(self.names)}")
+            raise KeyError(self._unknown(unknown))
+        wanted = {self.find(n).name for n in names}
         return [s for s in self.sources if s.name in wanted]
+
+    def _unknown(self, names: list[str]) -> str:
+        """The error for unknown source names: the closest known name for each, and where the names are listed."""
+        by_name = self._by_name()
+        close = {name: by_name[match[0]].name for name in names
+                 if (match := difflib.get_close_matches(name.casefold(), by_name, n=1, cutoff=0.6))}
+        hint = ", ".join(f"{match!r}" + (f" for {name!r}" if len(names) > 1 else "") for name, match in close.items())
+        return (f"unknown sources {names}{f'; did you mean {hint}?' if hint else ''} (`m3e-hq sources` lists the "
+                f"{len(self.sources)} names; any case works)")
 
 
 class CatalogError(ValueError):

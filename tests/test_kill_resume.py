@@ -249,9 +249,11 @@ def test_a_build_folder_that_cannot_be_written_fails_at_once(tmp_path, monkeypat
     assert result.exit_code == 3, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     reason = "Not a directory" if fault == "a file in the way" else "Permission denied"
+    remedy = f"{parent} is a file, not a folder: move it away" if fault == "a file in the way" else "Make it writable"
     [error] = [line for line in result.output.splitlines() if line.startswith("error:")]
-    for words in (f"cannot write {out}: {reason}", "Make it writable", "--out DIR", "Nothing was published"):
+    for words in (f"cannot write {out}: {reason}", remedy, "--out DIR", "No stage ran", "Nothing was published"):
         assert words in error, error
+    assert "the stages that completed" not in error  # none ran
     assert not out.exists()
     assert fault == "a file in the way" or list(parent.iterdir()) == []  # no cache folder either
 

@@ -5,14 +5,13 @@ import json
 from pathlib import Path
 
 import pytest
-import typer.main
 import yaml
 from prefect.exceptions import ParameterTypeError
 from prefect.utilities.callables import parameter_schema
 from prefect.utilities.schema_tools.validation import ValidationError, validate
 from typer.testing import CliRunner
 
-from m3e_hq.flows.cli import BUILD_OPTIONS, app
+from m3e_hq.flows.cli import app, build_options, full_command
 from m3e_hq.flows.pipeline import build as build_module
 from m3e_hq.flows.pipeline.build import build_m3e_hq
 from m3e_hq.flows.pipeline.params import BuildParams, cli_fields
@@ -62,12 +61,12 @@ def write(path: Path, data: dict) -> Path:
 
 
 def test_the_build_options_are_exactly_the_marked_fields():
-    command = typer.main.get_command(app).commands["build"]
+    command = full_command("build")
     options = {param.opts[0]: param for param in command.params}
     assert set(options) == {*OPTIONS, "--config", "--task-runner", "--ray-address"}
     assert {f.names[0].split("/")[0]: f.path for f in cli_fields()} == OPTIONS
     assert options["--sources"].opts == ["--sources", "-s"] and options["--near"].secondary_opts == ["--no-near"]
-    threshold = BUILD_OPTIONS["dedup__minhash__threshold"].info
+    threshold = build_options()["near_threshold"].info
     assert options["--near-threshold"].help == threshold.description and options["--near-threshold"].default == 0.875
     assert options["--max-chars"].default == BuildParams().max_chars
     assert options["--max-chars"].help == BuildParams.model_fields["max_chars"].description

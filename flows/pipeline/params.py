@@ -24,6 +24,7 @@ from m3e_hq.sources.catalog import default_catalog
 from m3e_hq.sources.layout import SAMPLES_DIR
 
 BUILD_ROOT = Path("data") / "build"  # in the working directory
+Mode = Literal["samples", "local", "full"]  # where the native files come from
 CLI = "cli"  # the json_schema_extra key of a field that is a `m3e-hq build` option: its name, or a list of names
 
 
@@ -36,7 +37,8 @@ class BuildParams(BaseModel):
                           json_schema_extra={CLI: "--samples"})
     raw_dir: Path | None = Field(None, description="read native files laid out as <raw_dir>/<source>/<files>",
                                  json_schema_extra={CLI: "--raw-dir"})
-    sources: list[str] = Field(default_factory=list, description="source names; empty means all 29",
+    sources: list[str] = Field(default_factory=list, description="source names, in any case (`m3e-hq sources` "
+                               "lists them); empty means all 29",
                                json_schema_extra={CLI: ["--sources", "-s"]})
     out_dir: Path | None = Field(None, description="build folder; default data/build/<full|samples|local>",
                                  json_schema_extra={CLI: "--out"})
@@ -63,11 +65,13 @@ class BuildParams(BaseModel):
     @field_validator("sources")
     @classmethod
     def _known_sources(cls, names: list[str]) -> list[str]:
+        """The catalog's spelling of each name, given in any case or as an alias (`bq`, `firefly`)."""
+        catalog = default_catalog()
         try:
-            default_catalog().select(names)
+            catalog.select(names)
         except KeyError as exc:
             raise ValueError(exc.args[0]) from None
-        return names
+        return [catalog.get(n).name for n in names]
 
     @model_validator(mode="after")
     def _one_input(self) -> "BuildParams":
@@ -80,7 +84,7 @@ class BuildParams(BaseModel):
         return self
 
     @property
-    def mode(self) -> Literal["samples", "local", "full"]:
+    def mode(self) -> Mode:
         """Where the native files come from: the samples, a local folder, or downloads and the manual folder."""
         if self.samples:
             return "samples"
@@ -95,7 +99,7 @@ class BuildParams(BaseModel):
 
     @property
     def build_dir(self) -> Path:
-        return self.out_dir or Path.cwd() / BUILD_ROOT / self.mode
+        return self.out_dir or default_build_dir(self.mode)
 
     @property
     def embedding_cache(self) -> Path:
@@ -111,6 +115,11 @@ class BuildParams(BaseModel):
         return cache.manual_dir(self.manual_dir)
 
 
+def default_build_dir(mode: Mode) -> Path:
+    """The build folder of a build into no --out: data/build/<mode> in the working directory (`build`, `export`)."""
+    return Path.cwd() / BUILD_ROOT / mode
+
+
 @dataclass(frozen=True)
 class CliField:
     """A field of BuildParams, or of a stage model in it, that is a `m3e-hq build` option."""
@@ -118,6 +127,11 @@ class CliField:
     path: tuple[str, ...]  # where the field is, e.g. ("dedup", "minhash", "threshold")
     names: tuple[str, ...]  # the option's names, e.g. ("--sources", "-s") or ("--near/--no-near",)
     info: FieldInfo
+
+    @property
+    def parameter(self) -> str:
+        """The option's parameter name: near for --near/--no-near, dedup_on for --dedup-on."""
+        return self.names[0].split("/")[0].removeprefix("--").replace("-", "_")
 
     @property
     def model(self) -> type | None:

@@ -12,7 +12,7 @@ happened and whose message says what to do. Statuses (`ObtainStatus`):
     failed       the download failed, or a file is not the data (a Git LFS pointer, an HTML page, an empty file)
                  or is found in several folders (the reason is recorded and shown by `m3e-hq sources`);
                  `transient` when it may pass (the downloader's own retries ran out on a timeout, network error,
-                 408, 429 or 5xx)
+                 408, 429 or 5xx), never when a host name did not resolve ("no network": retrying would not help)
 
 `check_folder` is the same check for a folder given with `--raw-dir`.
 """
@@ -30,7 +30,7 @@ from m3e_hq.schemas import CacheState, ObtainStatus
 from m3e_hq.sources import cache
 from m3e_hq.sources.catalog import HttpObtain, HubObtain, ManualObtain, Source
 from m3e_hq.sources.download_http import DownloadError, UnsafeArchiveError, download_file, extract_archive, is_archive
-from m3e_hq.sources.download_hub import HubError, fetch_hub
+from m3e_hq.sources.download_hub import HubError, fetch_hub, unresolved
 from m3e_hq.sources.errors import TransientError
 from m3e_hq.sources.layout import Located, locate
 from m3e_hq.sources.sniff import NotData, not_data
@@ -276,9 +276,19 @@ def fetch_source(source: Source, cache_root: Path, manual_root: Path) -> Obtaine
         return _download(source, cache_root)
     except (HubError, DownloadError, UnsafeArchiveError, FetchError, OSError, zipfile.BadZipFile,
             tarfile.TarError) as exc:
-        message = f"{type(exc).__name__}: {exc}"
+        message = failure_message(exc)
         cache.write_record(cache_root, source, CacheState.FAILED, message=message)
-        return Obtained(source.name, ObtainStatus.FAILED, None, message, transient=isinstance(exc, TransientError))
+        return Obtained(source.name, ObtainStatus.FAILED, None, message,
+                        transient=isinstance(exc, TransientError) and not unresolved(exc))
+
+
+def failure_message(exc: BaseException) -> str:
+    """A failed download in one line; a host name that did not resolve (an HTTP source's) says there is no network
+    and what to do instead (a HubError says it itself)."""
+    message = f"{type(exc).__name__}: {exc}"
+    if unresolved(exc) and not isinstance(exc, HubError):
+        return f"no network: {message}; use a warm cache (--cache-dir) or your own copies (--raw-dir DIR)"
+    return message
 
 
 def source_status(source: Source, cache_root: Path, manual_root: Path) -> Obtained:

@@ -5,6 +5,7 @@ a server.
 
 Everything Prefect writes goes to temporary folders (PREFECT_HOME for the subprocesses, the result storage here)."""
 
+import hashlib
 import json
 import os
 import re
@@ -247,21 +248,25 @@ def test_only_transient_download_failures_are_retried():
 # --- artifacts -----------------------------------------------------------------------------------------------------
 
 
-def test_artifact_keys_are_slugs_of_the_build_folder_and_the_stage():
+def test_artifact_keys_are_slugs_of_the_build_folder_and_the_stage_unique_per_folder():
     assert slug("Chinese-SQuAD") == "chinese-squad" and slug("hc3__chinese.v2") == "hc3-chinese-v2"
-    assert artifact_key("/x/My_Build", "ingest") == "m3e-hq-my-build-ingest"
+    digest = hashlib.sha256(b"/x/My_Build").hexdigest()[:8]
+    assert artifact_key("/x/My_Build", "ingest") == f"m3e-hq-my-build-{digest}-ingest"
+    assert artifact_key("/a/samples", "summary") != artifact_key("/b/samples", "summary")
+    assert re.fullmatch(r"m3e-hq-samples-[0-9a-f]{8}-summary", artifact_key("/a/samples", "summary"))
 
 
 def test_the_build_publishes_a_table_per_stage_and_a_summary(prefect_api, tmp_path, tiny_encoder):
     out = tmp_path / "My_Build"
     summary = build(out, tiny_encoder)
+    prefix = artifact_key(str(out), "")
     with get_client(sync_client=True) as client:
-        artifacts = {a.key: a for a in client.read_artifacts() if a.key and a.key.startswith("m3e-hq-my-build-")}
-    assert set(artifacts) == {f"m3e-hq-my-build-{s}" for s in ("ingest", "filter", "dedup", "mine", "summary")}
-    table = json.loads(artifacts["m3e-hq-my-build-ingest"].data)
+        artifacts = {a.key: a for a in client.read_artifacts() if a.key and a.key.startswith(prefix)}
+    assert set(artifacts) == {artifact_key(str(out), s) for s in ("ingest", "filter", "dedup", "mine", "summary")}
+    table = json.loads(artifacts[artifact_key(str(out), "ingest")].data)
     ocnli = next(row for row in table if row["source"] == "ocnli")
     counts = next(c for c in summary["stages"]["ingest"] if c.source == "ocnli")
     assert (ocnli["read"], ocnli["kept"], ocnli["label_filtered"]) == (counts.read, counts.kept, 40)
     assert all(set(row) == set(table[0]) for row in table)
-    markdown = artifacts["m3e-hq-my-build-summary"].data
+    markdown = artifacts[artifact_key(str(out), "summary")].data
     assert "| filter |" in markdown and "| ocnli | ok |" in markdown

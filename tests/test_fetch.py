@@ -8,11 +8,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 from conftest import EXPECTED_DIR, fake_commit
+from prefect_server import BIN
 from pytest_httpserver import HTTPServer
 from test_download_http import in_sequence, serve_ranges
 from typer.testing import CliRunner
@@ -215,6 +217,45 @@ def test_warm_cache_works_with_hf_hub_offline_and_a_cold_one_fails_clearly(mock_
     assert got["BQ"][0] == "failed" and "not in the cache and the Hub cannot be reached" in got["BQ"][1]
 
 
+def test_a_hub_that_does_not_resolve_fails_at_once_as_no_network(tmp_path, catalog, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://nosuch.invalid")
+    for name in ("cmrc2018", "BQ"):  # a pinned revision and an unpinned ref
+        start = time.monotonic()
+        got = fetch_source(catalog.get(name), tmp_path / "cache", tmp_path / "manual")
+        assert time.monotonic() - start < 5  # no retries: huggingface_hub's took 23 s, the fetch's 7 s
+        assert (got.status, got.transient) == (ObtainStatus.FAILED, False)
+        assert got.message.startswith("NoNetworkError: no network: cannot resolve nosuch.invalid")
+        assert "use HF_ENDPOINT" in got.message and "--raw-dir DIR" in got.message
+
+
+def test_offline_sources_are_not_retried_by_prefect(prefect_api, tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("HF_ENDPOINT", "http://nosuch.invalid")
+    start = time.monotonic()
+    got = download_m3e_hq_sources(sources=["cmrc2018", "BQ", "ocnli"], cache_dir=str(tmp_path))
+    assert time.monotonic() - start < 60  # Prefect's retries alone would wait 130 s
+    assert all(o.status == "failed" and "no network" in o.message for o in got)
+    printed = capfd.readouterr()
+    assert "Retrying in" not in printed.out + printed.err
+
+
+def test_a_hub_endpoint_with_a_trailing_slash_works(mock_hub, tmp_path, catalog, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", mock_hub.url + "/")
+    got = fetch_source(catalog.get("BQ"), tmp_path / "cache", tmp_path / "manual")
+    assert got.status == "downloaded", got.message
+    assert not any("//" in r for r in mock_hub.requests)
+
+
+def test_huggingface_hubs_retry_warnings_are_printed_once(server, mock_hub, tmp_path, catalog):
+    tree = f"GET /api/datasets/hfl/cmrc2018/tree/{catalog.get('cmrc2018').obtain.revision}"
+    mock_hub.fail[tree] = 1  # huggingface_hub retries a tree listing itself
+    env = {k: v for k, v in server.env.items() if k != "HF_HUB_OFFLINE"} | {"HF_ENDPOINT": mock_hub.url}
+    done = subprocess.run([str(BIN / "m3e-hq"), "download", "-s", "cmrc2018", "--cache-dir", str(tmp_path)], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert mock_hub.fail[tree] == 0
+    assert (done.stdout + done.stderr).count("Retrying in 1s [Retry 1/5]") == 1, done.stdout + done.stderr
+
+
 # --- HTTP -----------------------------------------------------------------------------------------------------------
 
 
@@ -322,6 +363,16 @@ def test_http_503_that_outlasts_the_retries_fails_the_source_as_transient(httpse
     got = fetch_source(served(catalog.get("SimCLUE"), httpserver, None), tmp_path / "cache", tmp_path / "manual")
     assert got.status == "failed" and got.transient and len(httpserver.log) == 2
     assert got.message.startswith("TransientDownloadError: GET ") and "failed after 2 attempts" in got.message
+
+
+def test_an_http_host_that_does_not_resolve_is_no_network_not_transient(tmp_path, catalog, monkeypatch):
+    url = "http://nosuch.invalid/tasks/simclue_public.zip"
+    source = catalog.get("SimCLUE").model_copy(update={"obtain": HttpObtain(kind="http", files=[HttpFile(url=url)])})
+    monkeypatch.setattr(fetch, "download_file", functools.partial(download_file, retries=1, backoff=0))
+    got = fetch_source(source, tmp_path / "cache", tmp_path / "manual")
+    assert (got.status, got.transient) == (ObtainStatus.FAILED, False)
+    assert got.message.startswith("no network: TransientDownloadError: GET http://nosuch.invalid/")
+    assert got.message.endswith("use a warm cache (--cache-dir) or your own copies (--raw-dir DIR)")
 
 
 def test_obtained_statuses_are_enums_and_unknown_ones_are_refused():

@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -85,6 +86,37 @@ def test_a_failed_download_is_reported_and_the_other_sources_published(prefect_s
     assert "not found on the Hub" in manifest["sources"]["cmrc2018"]["message"]
     published = {p.name for p in (out / "m3e-hq" / "data").iterdir()}
     assert published == {"ocnli", "lcqmc"}
+
+
+def test_an_offline_build_fails_fast_and_its_last_line_says_nothing_was_built(prefect_server, tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://nosuch.invalid")
+    start = time.monotonic()
+    summary = build_m3e_hq(BuildParams(sources=["cmrc2018", "ocnli"], out_dir=tmp_path / "out",
+                                       cache_dir=tmp_path / "cache"))
+    assert time.monotonic() - start < 120  # no retries: 13.7 minutes for 19 sources before
+    assert all(r.status == "failed" and "no network: cannot resolve nosuch.invalid" in r.message
+               for r in summary["results"])
+    assert summary["problem"] == ("2 of 2 sources failed: cmrc2018, ocnli (why above); nothing was built or "
+                                  "published: nothing to publish: 0 rows left after the filters and dedup, 0 after "
+                                  "mining")
+
+
+def test_the_last_line_names_the_sources_built_when_others_are_not(prefect_server, tmp_path, monkeypatch,
+                                                                   tiny_encoder):
+    def broken(files, spec):
+        raise ValueError("adapter exploded")
+
+    monkeypatch.setitem(adapters.ADAPTERS, "squad", broken)
+    raw = tmp_path / "raw"
+    for name in ("ocnli", "Chinese-SQuAD"):
+        shutil.copytree(SAMPLES_DIR / name, raw / name)
+    summary = build_m3e_hq(BuildParams(raw_dir=raw, sources=["ocnli", "Chinese-SQuAD", "lawzhidao"],
+                                       out_dir=tmp_path / "out", mine=MineParams(encoder=str(tiny_encoder))))
+    assert {r.source: r.status for r in summary["results"]} == {"ocnli": "ok", "lawzhidao": "missing",
+                                                                 "Chinese-SQuAD": "failed"}
+    assert summary["problem"] == ("1 of 3 sources failed: Chinese-SQuAD (why above); 1 of 3 sources were built and "
+                                  "published: ocnli")
 
 
 def test_missing_sources_are_reported_with_what_to_do(prefect_server, tmp_path):

@@ -1,11 +1,13 @@
 """The build's counts as Prefect artifacts, on the flow run's Artifacts tab and under their keys
-(`prefect artifact ls`, `prefect artifact inspect m3e-hq-samples-filter`).
+(`prefect artifact ls`, `prefect artifact inspect m3e-hq-samples-0c1d2e3f-filter`).
 
 Per stage, a table of rows read, kept and dropped (in all and by reason) per source; and a Markdown summary: the
-totals per stage and how each source fared. Keys name the build folder, so that each folder (full, samples, ...) keeps
-its own history: `m3e-hq-<folder>-<stage>` and `m3e-hq-<folder>-summary`.
+totals per stage and how each source fared. Keys name the build folder and a hash of its absolute path, so that each
+folder keeps its own history (`/a/samples` and `/b/samples` too): `m3e-hq-<folder>-<hash>-<stage>` and
+`m3e-hq-<folder>-<hash>-summary`.
 """
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,11 @@ def slug(text: str) -> str:
 
 
 def artifact_key(build_dir: str, name: str) -> str:
-    return "-".join(filter(None, ["m3e-hq", slug(Path(build_dir).name), slug(name)]))
+    """The key of the build folder's artifact `name`: the folder's name and the first 8 hex digits of the SHA-256 of
+    its absolute path, so that two folders of the same name keep apart histories."""
+    folder = Path(build_dir).absolute()
+    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:8]
+    return "-".join(filter(None, ["m3e-hq", slug(folder.name), digest, slug(name)]))
 
 
 def stage_rows(counts: list[StageCounts]) -> list[dict[str, Any]]:

@@ -209,6 +209,28 @@ def release(params: BuildParams, summary: dict[str, Any]) -> dict[str, Any]:
     return {**summary, "published": published}
 
 
+def sources_problem(summary: dict[str, Any]) -> str | None:
+    """The build's last line when sources failed or are suspect (the CLI then exits 1), else None: which sources,
+    and what was built of the others."""
+    results: list[SourceResult] = summary["results"]
+    parts = [f"{len(names)} of {len(results)} sources {status}: {', '.join(names)}"
+             for status in (SourceStatus.FAILED, SourceStatus.SUSPECT)
+             if (names := [r.source for r in results if r.status == status])]
+    return "; ".join(parts) + f" (why above); {built_text(summary)}" if parts else None
+
+
+def built_text(summary: dict[str, Any]) -> str:
+    """What the build published: nothing (and why), every source not failed or suspect, or which sources."""
+    published = summary["published"]
+    if "skipped" in published:
+        return f"nothing was built or published: {published['skipped']}"
+    built = [c.source for c in summary["stages"][MINE.name] if c.kept]
+    others = [r.source for r in summary["results"] if r.status not in (SourceStatus.FAILED, SourceStatus.SUSPECT)]
+    if set(others) <= set(built):
+        return "the other sources were built"
+    return f"{len(built)} of {len(summary['results'])} sources were built and published: {', '.join(built)}"
+
+
 def push_both(result: PublishResult, repo_id: str) -> dict[str, str]:
     """Upload m3e-hq to `repo_id` and m3e-hq-with-score to `repo_id`-with-score; their commit URLs."""
     return {repo_id: push_to_hub(result.m3e_hq.folder, repo_id),
@@ -236,10 +258,12 @@ def require_ingested(params: BuildParams, intake: Intake) -> Callable[[Stage, Pi
 
 
 def build(params: BuildParams, obtained: list[Obtained], executor: Executor) -> dict[str, Any]:
-    """Run the stages on the obtained sources with `executor`, write the manifest and publish."""
+    """Run the stages on the obtained sources with `executor`, write the manifest and publish; the summary, its
+    `problem` the line that ends the CLI's output when sources failed or are suspect (`sources_problem`)."""
     intake = Intake.of(obtained)
     run = run_stages(STAGES, intake.files, params, context(params), executor, require_ingested(params, intake))
-    return release(params, finish(params, intake.results(run), run))
+    summary = release(params, finish(params, intake.results(run), run))
+    return {**summary, "problem": sources_problem(summary)}
 
 
 def build_sources(params: BuildParams) -> dict[str, Any]:

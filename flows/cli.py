@@ -466,17 +466,10 @@ def build(
             console.print(f"[yellow]{r.source}: {r.status}[/yellow] — {escape(str(r.message))}", soft_wrap=True)
         elif r.message:
             console.print(f"{r.source}: {escape(r.message)}", soft_wrap=True)
-    problem = sources_problem(results)
+    problem = summary["problem"]
     if problem:
         console.print(f"[red]error:[/red] {problem}", soft_wrap=True)
         raise typer.Exit(1)
-
-
-def sources_problem(results: list) -> str | None:
-    """The build's last line when sources failed or are suspect (exit status 1), else None."""
-    parts = [f"{len(names)} of {len(results)} sources {status}: {', '.join(names)}"
-             for status in ("failed", "suspect") if (names := [r.source for r in results if r.status == status])]
-    return "; ".join(parts) + " (why above); the other sources were built" if parts else None
 
 
 def output_problem(exc: OSError) -> bool:

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import httpx
+
 from m3e_hq import progress
 from m3e_hq.schemas import CacheState, ObtainStatus
 from m3e_hq.sources import cache
@@ -161,9 +163,12 @@ def manual_guidance(obtain: ManualObtain, folder: Path, files: list[str]) -> str
 
 
 def _file_name(url: str) -> str:
+    """The URL's last path segment, percent-decoded; FetchError when the decoded name is no plain file name (`..%2F`
+    would otherwise name a file outside the downloads folder)."""
     name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-    if not name or name in (".", ".."):
-        raise FetchError(f"cannot name a file after the URL {url}")
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise FetchError(f"cannot name a file after the URL {url} (its decoded name is {name!r}): fix the URL in "
+                         "sources/catalog.yaml")
     return name
 
 
@@ -275,8 +280,8 @@ def fetch_source(source: Source, cache_root: Path, manual_root: Path) -> Obtaine
     try:
         return _download(source, cache_root)
     except (HubError, DownloadError, UnsafeArchiveError, FetchError, OSError, zipfile.BadZipFile,
-            tarfile.TarError) as exc:
-        message = f"{type(exc).__name__}: {exc}"
+            tarfile.TarError, EOFError, httpx.HTTPError) as exc:
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
         cache.write_record(cache_root, source, CacheState.FAILED, message=message)
         return Obtained(source.name, ObtainStatus.FAILED, None, message, transient=isinstance(exc, TransientError))
 

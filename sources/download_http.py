@@ -362,22 +362,28 @@ def _check_member(archive: Path, member: _Member, root: Path) -> Path:
     return path
 
 
-def _zip_members(archive: Path, zf: zipfile.ZipFile) -> list[tuple[_Member, zipfile.ZipInfo]]:
-    members = []
+def _zip_members(archive: Path, zf: zipfile.ZipFile, budget: _Budget) -> list[tuple[_Member, zipfile.ZipInfo]]:
+    members, declared = [], 0
     for info in zf.infolist():
         if stat.S_ISLNK(info.external_attr >> 16):
             raise UnsafeArchiveError(f"{archive}: member {info.filename!r} is a symbolic link")
+        declared += info.file_size
+        budget.check_declared(declared)
         members.append((_Member(info.filename, info.is_dir(), info.file_size), info))
     return members
 
 
-def _tar_members(archive: Path, tf: tarfile.TarFile) -> list[tuple[_Member, tarfile.TarInfo]]:
-    members = []
-    for info in tf.getmembers():
+def _tar_members(archive: Path, tf: tarfile.TarFile, budget: _Budget) -> list[tuple[_Member, tarfile.TarInfo]]:
+    """The members, read one header at a time: reading the next header inflates the data before it, so the total
+    declared so far is checked at each (a bomb is refused at its first oversized header, not after inflating it)."""
+    members, declared = [], 0
+    for info in tf:
         if info.issym() or info.islnk():
             raise UnsafeArchiveError(f"{archive}: member {info.name!r} is a link (to {info.linkname!r})")
         if not (info.isfile() or info.isdir()):
             raise UnsafeArchiveError(f"{archive}: member {info.name!r} is not a regular file or folder")
+        declared += info.size
+        budget.check_declared(declared)
         members.append((_Member(info.name, info.isdir(), info.size), info))
     return members
 
@@ -385,18 +391,18 @@ def _tar_members(archive: Path, tf: tarfile.TarFile) -> list[tuple[_Member, tarf
 @contextmanager
 def _open_archive(archive: Path, budget: _Budget,
                   ) -> Iterator[tuple[list[tuple[_Member, Any]], Callable[[Any], IO[bytes]]]]:
-    """The archive's checked-for-links members and a function opening a member's data stream. A tar archive's
-    stream is read to its end afterwards, within `budget`: a compressed stream checks its CRC and length only
-    there."""
+    """The archive's members, checked for links and their declared sizes within `budget`, and a function opening a
+    member's data stream. A tar archive's stream is read to its end afterwards, within `budget`: a compressed stream
+    checks its CRC and length only there."""
     name = archive.name.lower()
     if not is_archive(name):
         raise ValueError(f"{archive}: unsupported archive type (expected {', '.join(ARCHIVE_SUFFIXES)})")
     if name.endswith(".zip"):
         with zipfile.ZipFile(archive) as zf:
-            yield _zip_members(archive, zf), zf.open
+            yield _zip_members(archive, zf, budget), zf.open
     else:
         with tarfile.open(archive, "r:*") as tf:
-            yield _tar_members(archive, tf), tf.extractfile
+            yield _tar_members(archive, tf, budget), tf.extractfile
             tf.fileobj.read(tarfile.RECORDSIZE)  # the end-of-archive padding every tar writer adds: not counted
             while chunk := tf.fileobj.read(HASH_CHUNK):
                 budget.take(len(chunk))
@@ -427,7 +433,6 @@ def _extract(archive: Path, root: Path, budget: _Budget) -> list[Path]:
         with _open_archive(archive, budget) as (members, open_member):
             paths = [_check_member(archive, member, root) for member, _ in members]
             _check_unique(archive, members, paths)
-            budget.check_declared(sum(member.size for member, _ in members if not member.is_dir))
             for (member, info), path in zip(members, paths, strict=True):
                 if member.is_dir:
                     path.mkdir(parents=True, exist_ok=True)

@@ -551,6 +551,21 @@ def test_a_decompression_bomb_is_refused_before_anything_is_written(tmp_path: Pa
     assert left_in(tmp_path) == [name]
 
 
+def test_a_tar_bomb_is_refused_at_its_header_before_its_data_is_inflated(tmp_path: Path) -> None:
+    """A header declaring 2 GiB, followed by 1 MiB of its data only: refused at the header (the data is never
+    inflated, so the stream is never found short)."""
+    info = tarfile.TarInfo("train_pair_postive.json")
+    info.size = 2 << 30
+    archive = tmp_path / "bomb.tgz"
+    archive.write_bytes(gzip_of(info.tobuf() + b"\0" * (1 << 20)))
+
+    with pytest.raises(UnsafeArchiveError) as raised:
+        extract_archive(archive, tmp_path / "out")
+    assert type(raised.value) is UnsafeArchiveError  # not CorruptArchiveError: nothing was read past the header
+    assert "2,147,483,648 bytes uncompressed exceeds the limit of 1,048,576 bytes" in str(raised.value)
+    assert left_in(tmp_path) == ["bomb.tgz"]
+
+
 def test_bytes_unpacked_past_the_declared_members_are_counted_and_stop_the_extraction(tmp_path: Path) -> None:
     """A tar stream that goes on after its end-of-archive blocks: the members declare 1,000 lines of real text,
     the gzip stream inflates to 64 MiB more, which is read (its CRC is only checked at the end), counted and

@@ -9,7 +9,8 @@ happened and whose message says what to do. Statuses (`ObtainStatus`):
     partial      a manual source with some of its files (only those are read; the message names the others)
     skipped      a manual source with none of its files: download it by hand
     unavailable  a source that cannot be downloaded any more (a copy in the manual folder is still read)
-    failed       the download failed, or a file is not the data (a Git LFS pointer, an HTML page, an empty file)
+    failed       the download failed, or a file is not the data (a Git LFS pointer, an HTML page, an empty file,
+                 a link into /proc, /sys or /dev)
                  or is found in several folders (the reason is recorded and shown by `m3e-hq sources`);
                  `transient` when it may pass (the downloader's own retries ran out on a timeout, network error,
                  408, 429 or 5xx)
@@ -147,6 +148,9 @@ def remedy(source: Source, bad: NotData, path: Path) -> str:
     if bad.kind == "lfs":
         return (f"run `git lfs pull` in the clone it was copied from (or download the file itself from "
                 f"{origin(source)}), then copy it to {path}")
+    if bad.kind == "system":
+        return (f"links are followed only to regular files outside /proc, /sys and /dev; put the file itself at "
+                f"{path}")
     if bad.kind == "page":
         return (f"a login or error page was saved under the file's name; download the file itself from "
                 f"{origin(source)} to {path}")

@@ -29,6 +29,7 @@ class IngestReason(Reason):
 
     INVALID_UTF8 = "invalid_utf8", "a line or text that is not valid UTF-8 (or holds lone surrogates)"
     INVALID_JSON = "invalid_json", "a line or file that does not parse as JSON"
+    INVALID_CSV = "invalid_csv", "a CSV row over several lines with an unterminated quote: its first line"
     INVALID_RECORD = "invalid_record", "a record that is not an object, or a top level that is not the expected list"
     UNREADABLE_FILE = "unreadable_file", "a file that cannot be read past a point: counted once"
     UNREADABLE_VALUE = "unreadable_value", "a Parquet row holding a value Python cannot hold (a timestamp past 9999)"

@@ -254,7 +254,8 @@ def download_file(
     An existing `dest` is not downloaded again (only checked against `sha256`). Transient failures (5xx, 429,
     network errors, a body cut short, a transfer too slow) are retried up to `retries` more times, sleeping
     `backoff * 2**n` before the n-th retry (n from 0), then raise TransientDownloadError; a cut transfer resumes
-    where it stopped. Other 4xx answers, and more redirects than the client follows (a loop), fail at once.
+    where it stopped. Other 4xx answers, more redirects than the client follows (a loop) and a redirect to a URL
+    that is not http or https fail at once.
     Every transfer is bounded: no byte for `timeout` seconds, or fewer than `min_rate` bytes/s on average over
     `rate_window` seconds, cuts it (a transient failure). The file must have the expected `size` when given, and
     the size the server announces (Content-Length, Content-Range) when it announces one; a body longer than `size`,
@@ -287,12 +288,16 @@ def download_file(
             try:
                 resumed |= _fetch_once(client, url, part, bounds, chunk_bytes, attempts, on_bytes)
                 break
-            except (_Transient, httpx.TransportError) as exc:
-                last_error = exc
             except httpx.TooManyRedirects:
                 raise DownloadError(f"GET {url} was redirected more than {client.max_redirects} times (a redirect "
                                     "loop?): check the URL in sources/catalog.yaml, or download the file by hand",
                                     url=url, attempts=attempts) from None
+            except httpx.UnsupportedProtocol as exc:  # a transport error that no retry can fix
+                raise DownloadError(f"GET {url} led to a URL that is not http or https ({exc}): check the URL in "
+                                    "sources/catalog.yaml, or download the file by hand", url=url,
+                                    attempts=attempts) from None
+            except (_Transient, httpx.TransportError) as exc:
+                last_error = exc
         else:
             cause = f"{type(last_error).__name__}: {last_error}"
             raise TransientDownloadError(

@@ -641,6 +641,19 @@ def test_a_redirect_loop_fails_the_source_with_one_line(httpserver: HTTPServer, 
     assert len(httpserver.log) == 21  # the first request and 20 redirects, not retried
 
 
+def test_a_redirect_to_another_scheme_fails_the_source_at_once(httpserver: HTTPServer, tmp_path: Path,
+                                                               catalog: Catalog) -> None:
+    httpserver.expect_request("/away.zip").respond_with_response(
+        Response(status=302, headers={"Location": "file:///etc/passwd"}))
+
+    got = fetch_source(simclue_source(catalog, httpserver.url_for("/away.zip")), tmp_path / "cache",
+                       tmp_path / "manual")
+
+    assert got.status == "failed" and not got.transient and len(httpserver.log) == 1  # not retried
+    assert got.message.startswith(f"DownloadError: GET {httpserver.url_for('/away.zip')} led to a URL that is not "
+                                  "http or https (Request URL has an unsupported protocol 'file://'.): check the URL")
+
+
 @pytest.mark.parametrize("cut", [100, len(TGZ) // 2, len(TGZ) - 4])
 def test_a_truncated_tgz_download_fails_the_source_wherever_it_is_cut(httpserver: HTTPServer, tmp_path: Path,
                                                                       catalog: Catalog, cut: int) -> None:

@@ -3,7 +3,7 @@
 A reader yields every record it finds with a locator (file and position). What it cannot parse it still yields,
 with a reason code and the raw text, so that nothing in a file is lost without being counted. UTF-8 is read with or
 without a byte-order mark (files saved on Windows start with one); a file that starts with a UTF-16 byte-order mark
-is read as UTF-16, whatever the catalog's encoding.
+and ASCII characters (as every native format starts) is read as UTF-16, whatever the catalog's encoding.
 
 Faults are confined to the record they are in where the format allows. A JSON Lines line that does not decode is
 quarantined alone (invalid_utf8). In a JSON document or a CSV file, undecodable bytes become lone surrogates, so the
@@ -67,14 +67,24 @@ def _decoding(encoding: str) -> str:
     return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
 
 
-UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
-
-
 def _codec(path: Path, encoding: str) -> str:
-    """The codec to read the file at `path` with: UTF-16 when it starts with a UTF-16 byte-order mark, else
-    `_decoding(encoding)`."""
+    """The codec to read the file at `path` with: UTF-16 when it starts as UTF-16 text, else `_decoding(encoding)`."""
     with _open_binary(path) as handle:
-        return "utf-16" if handle.read(2) in UTF16_BOMS else _decoding(encoding)
+        return "utf-16" if _starts_utf16(handle.read(6)) else _decoding(encoding)
+
+
+def _starts_utf16(head: bytes) -> bool:
+    """Whether `head` is a UTF-16 byte-order mark and two ASCII characters, as every native format starts (`[{`,
+    `{"`, a CSV header): a line of junk that happens to start with the mark's bytes is no UTF-16 file."""
+    if len(head) < 6:
+        return False
+    if head[:2] == codecs.BOM_UTF16_LE:
+        units = [(head[i], head[i + 1]) for i in (2, 4)]
+    elif head[:2] == codecs.BOM_UTF16_BE:
+        units = [(head[i + 1], head[i]) for i in (2, 4)]
+    else:
+        return False
+    return all(0 < low < 0x80 and high == 0 for low, high in units)
 
 
 def _lenient(codec: str) -> str:

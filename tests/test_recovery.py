@@ -148,3 +148,11 @@ def test_a_bad_code_unit_in_a_utf16_file_quarantines_only_its_record(tmp_path):
     assert pairs(kept) == [(p["query"], p["title"]) for i, p in enumerate(REAL_PAIRS[:10]) if i != 4]
     assert counts.read == 10 and counts.kept == 9 and counts.dropped == {"invalid_utf8": 1}
     assert [d["locator"] for d in dropped] == ["train_pair_postive.json:5"]
+
+
+def test_a_junk_first_line_that_starts_like_a_utf16_mark_does_not_make_the_file_utf16(tmp_path):
+    lines = [json.dumps(p, ensure_ascii=False).encode() for p in REAL_PAIRS[:10]]
+    for junk in (b"\xff\xfe", b"\xfe\xff\xfd", b"\xff\xfe\xe4\xb8"):
+        counts, kept, _ = ingest(tmp_path / junk.hex(), "SimCLUE", "t.json", b"\n".join([junk, *lines]) + b"\n")
+        assert counts.read == 11 and counts.dropped == {"invalid_utf8": 1}, junk
+        assert pairs(kept) == [(p["query"], p["title"]) for p in REAL_PAIRS[:10]]

@@ -4,8 +4,9 @@ Plain Python (no Prefect): `download_file` streams a URL to `<dest>.part`, resum
 retries transient failures with exponential backoff, and renames the part to `dest` only once it is complete and its
 sha256 matches. Every transfer is bounded: an idle timeout, a minimum average rate, the expected size and a maximum
 size. `extract_archive` unpacks .zip / .tar / .tar.gz / .tgz into a temporary sibling folder, refusing members that
-would escape the target, links, oversized and unreadable (truncated, corrupt) archives, then renames the folder into
-place.
+would escape the target, links, members named twice, archives that unpack to too much (over `max_bytes`, or over
+`max_ratio` times their size: a decompression bomb) and unreadable (truncated, corrupt) archives, then renames the
+folder into place.
 """
 
 import gzip
@@ -31,6 +32,8 @@ from m3e_hq.sources.errors import TransientError
 
 HASH_CHUNK = 1 << 20
 DEFAULT_MAX_BYTES = 20 << 30  # 20 GiB: the most a download of unknown size, or an archive uncompressed, may hold
+MAX_RATIO = 100  # an archive may unpack to at most this many times its size (text compresses 3-10 times) ...
+RATIO_FREE_BYTES = 1 << 20  # ... or to 1 MiB, whatever its size
 MIN_RATE = 1024  # bytes per second: a transfer slower than this on average over RATE_WINDOW is cut (and retried)
 RATE_WINDOW = 60.0  # seconds
 _CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)")
@@ -55,7 +58,8 @@ class ChecksumError(DownloadError):
 
 
 class UnsafeArchiveError(ValueError):
-    """An archive refused: a member that escapes the target, a link member, or too much uncompressed data."""
+    """An archive refused: a member that escapes the target, a link member, a member named twice, or too much
+    uncompressed data."""
 
 
 class CorruptArchiveError(UnsafeArchiveError):
@@ -250,7 +254,8 @@ def download_file(
     An existing `dest` is not downloaded again (only checked against `sha256`). Transient failures (5xx, 429,
     network errors, a body cut short, a transfer too slow) are retried up to `retries` more times, sleeping
     `backoff * 2**n` before the n-th retry (n from 0), then raise TransientDownloadError; a cut transfer resumes
-    where it stopped. Other 4xx answers fail at once.
+    where it stopped. Other 4xx answers, more redirects than the client follows (a loop) and a redirect to a URL
+    that is not http or https fail at once.
     Every transfer is bounded: no byte for `timeout` seconds, or fewer than `min_rate` bytes/s on average over
     `rate_window` seconds, cuts it (a transient failure). The file must have the expected `size` when given, and
     the size the server announces (Content-Length, Content-Range) when it announces one; a body longer than `size`,
@@ -283,6 +288,14 @@ def download_file(
             try:
                 resumed |= _fetch_once(client, url, part, bounds, chunk_bytes, attempts, on_bytes)
                 break
+            except httpx.TooManyRedirects:
+                raise DownloadError(f"GET {url} was redirected more than {client.max_redirects} times (a redirect "
+                                    "loop?): check the URL in sources/catalog.yaml, or download the file by hand",
+                                    url=url, attempts=attempts) from None
+            except httpx.UnsupportedProtocol as exc:  # a transport error that no retry can fix
+                raise DownloadError(f"GET {url} led to a URL that is not http or https ({exc}): check the URL in "
+                                    "sources/catalog.yaml, or download the file by hand", url=url,
+                                    attempts=attempts) from None
             except (_Transient, httpx.TransportError) as exc:
                 last_error = exc
         else:
@@ -320,6 +333,30 @@ class _Member:
     size: int
 
 
+class _Budget:
+    """The bytes an archive may unpack to: members written and the rest of a compressed stream read, counted as
+    they come; UnsafeArchiveError past the limit (nothing past it is written)."""
+
+    def __init__(self, archive: Path, max_bytes: int, max_ratio: float) -> None:
+        self.archive, self.size = archive, archive.stat().st_size
+        self.limit = min(max_bytes, max(int(max_ratio * self.size), RATIO_FREE_BYTES))
+        self.why = f"max_bytes={max_bytes}, or {max_ratio:g} times the archive's {self.size:,} bytes"
+        self.used = 0
+
+    def check_declared(self, declared: int) -> None:
+        if declared > self.limit:
+            raise UnsafeArchiveError(f"{self.archive}: {declared:,} bytes uncompressed exceeds the limit of "
+                                     f"{self.limit:,} bytes ({self.why}): a decompression bomb? check the URL in "
+                                     "sources/catalog.yaml")
+
+    def take(self, n: int) -> None:
+        self.used += n
+        if self.used > self.limit:
+            raise UnsafeArchiveError(f"{self.archive}: unpacks to more than {self.limit:,} bytes ({self.why}), "
+                                     f"stopped after {self.used - n:,}: a decompression bomb? check the URL in "
+                                     "sources/catalog.yaml")
+
+
 def _check_member(archive: Path, member: _Member, root: Path) -> Path:
     """The member's path under `root`, or UnsafeArchiveError when it is absolute or escapes `root`."""
     if PurePosixPath(member.name).is_absolute() or PureWindowsPath(member.name).is_absolute():
@@ -330,59 +367,84 @@ def _check_member(archive: Path, member: _Member, root: Path) -> Path:
     return path
 
 
-def _zip_members(archive: Path, zf: zipfile.ZipFile) -> list[tuple[_Member, zipfile.ZipInfo]]:
-    members = []
+def _zip_members(archive: Path, zf: zipfile.ZipFile, budget: _Budget) -> list[tuple[_Member, zipfile.ZipInfo]]:
+    members, declared = [], 0
     for info in zf.infolist():
         if stat.S_ISLNK(info.external_attr >> 16):
             raise UnsafeArchiveError(f"{archive}: member {info.filename!r} is a symbolic link")
+        declared += info.file_size
+        budget.check_declared(declared)
         members.append((_Member(info.filename, info.is_dir(), info.file_size), info))
     return members
 
 
-def _tar_members(archive: Path, tf: tarfile.TarFile) -> list[tuple[_Member, tarfile.TarInfo]]:
-    members = []
-    for info in tf.getmembers():
+def _tar_members(archive: Path, tf: tarfile.TarFile, budget: _Budget) -> list[tuple[_Member, tarfile.TarInfo]]:
+    """The members, read one header at a time: reading the next header inflates the data before it, so the total
+    declared so far is checked at each (a bomb is refused at its first oversized header, not after inflating it)."""
+    members, declared = [], 0
+    for info in tf:
         if info.issym() or info.islnk():
             raise UnsafeArchiveError(f"{archive}: member {info.name!r} is a link (to {info.linkname!r})")
         if not (info.isfile() or info.isdir()):
             raise UnsafeArchiveError(f"{archive}: member {info.name!r} is not a regular file or folder")
+        declared += info.size
+        budget.check_declared(declared)
         members.append((_Member(info.name, info.isdir(), info.size), info))
     return members
 
 
 @contextmanager
-def _open_archive(archive: Path) -> Iterator[tuple[list[tuple[_Member, Any]], Callable[[Any], IO[bytes]]]]:
-    """The archive's checked-for-links members and a function opening a member's data stream. A tar archive's
-    stream is read to its end afterwards: a compressed stream checks its CRC and length only there."""
+def _open_archive(archive: Path, budget: _Budget,
+                  ) -> Iterator[tuple[list[tuple[_Member, Any]], Callable[[Any], IO[bytes]]]]:
+    """The archive's members, checked for links and their declared sizes within `budget`, and a function opening a
+    member's data stream. A tar archive's stream is read to its end afterwards, within `budget`: a compressed stream
+    checks its CRC and length only there."""
     name = archive.name.lower()
     if not is_archive(name):
         raise ValueError(f"{archive}: unsupported archive type (expected {', '.join(ARCHIVE_SUFFIXES)})")
     if name.endswith(".zip"):
         with zipfile.ZipFile(archive) as zf:
-            yield _zip_members(archive, zf), zf.open
+            yield _zip_members(archive, zf, budget), zf.open
     else:
         with tarfile.open(archive, "r:*") as tf:
-            yield _tar_members(archive, tf), tf.extractfile
-            while tf.fileobj.read(HASH_CHUNK):
-                pass
+            yield _tar_members(archive, tf, budget), tf.extractfile
+            tf.fileobj.read(tarfile.RECORDSIZE)  # the end-of-archive padding every tar writer adds: not counted
+            while chunk := tf.fileobj.read(HASH_CHUNK):
+                budget.take(len(chunk))
 
 
-def _extract(archive: Path, root: Path, max_bytes: int) -> list[Path]:
-    """Check every member, then write them under `root`; the files written. CorruptArchiveError when the archive
-    cannot be read to its end."""
+def _check_unique(archive: Path, members: list[tuple[_Member, Any]], paths: list[Path]) -> None:
+    """UnsafeArchiveError when two file members unpack to the same path (the second would overwrite the first)."""
+    seen: set[Path] = set()
+    for (member, _), path in zip(members, paths, strict=True):
+        if member.is_dir:
+            continue
+        if path in seen:
+            raise UnsafeArchiveError(f"{archive}: member {member.name!r} appears twice (the second copy would "
+                                     "overwrite the first): check the URL in sources/catalog.yaml")
+        seen.add(path)
+
+
+def _copy(src: IO[bytes], out: IO[bytes], budget: _Budget) -> None:
+    while chunk := src.read(HASH_CHUNK):
+        budget.take(len(chunk))
+        out.write(chunk)
+
+
+def _extract(archive: Path, root: Path, budget: _Budget) -> list[Path]:
+    """Check every member, then write them under `root` within `budget`; the files written. CorruptArchiveError
+    when the archive cannot be read to its end."""
     try:
-        with _open_archive(archive) as (members, open_member):
+        with _open_archive(archive, budget) as (members, open_member):
             paths = [_check_member(archive, member, root) for member, _ in members]
-            declared = sum(member.size for member, _ in members if not member.is_dir)
-            if declared > max_bytes:
-                raise UnsafeArchiveError(f"{archive}: {declared} bytes uncompressed exceeds max_bytes={max_bytes}")
+            _check_unique(archive, members, paths)
             for (member, info), path in zip(members, paths, strict=True):
                 if member.is_dir:
                     path.mkdir(parents=True, exist_ok=True)
                     continue
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open_member(info) as src, path.open("wb") as out:
-                    shutil.copyfileobj(src, out, HASH_CHUNK)
+                    _copy(src, out, budget)
     except _UNREADABLE as exc:
         why = " ".join(str(exc).split())  # tarfile's ReadError lists each method it tried, a line each
         raise CorruptArchiveError(f"{archive} cannot be read to its end: truncated, corrupt or not an archive "
@@ -390,12 +452,16 @@ def _extract(archive: Path, root: Path, max_bytes: int) -> list[Path]:
     return [path for (member, _), path in zip(members, paths, strict=True) if not member.is_dir]
 
 
-def extract_archive(archive: Path, target: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> list[Path]:
+def extract_archive(archive: Path, target: Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                    max_ratio: float = MAX_RATIO) -> list[Path]:
     """Extract a .zip / .tar / .tar.gz / .tgz archive to `target` (which must not exist); returns the files, sorted.
 
-    Every member is checked before anything is written: absolute paths, paths escaping `target`, symbolic or hard
-    links, and a declared uncompressed total above `max_bytes` raise UnsafeArchiveError. Declared sizes bind: tar
-    members are read for exactly their header size, and zipfile stops at the declared size and checks the CRC. An
+    An archive may unpack to at most `max_bytes`, and to at most `max_ratio` times its own size (RATIO_FREE_BYTES
+    whatever its size). Every member is checked before anything is written: absolute paths, paths escaping `target`,
+    symbolic or hard links, two file members of the same path, and a declared uncompressed total above the limit
+    raise UnsafeArchiveError. Declared sizes bind: tar members are read for exactly their header size, and zipfile
+    stops at the declared size and checks the CRC; the bytes actually unpacked (members written, and the rest of a
+    compressed tar stream, read to its end) are counted too, and stop the extraction past the limit. An
     archive that cannot be read to its end (truncated, corrupt, a lying zip) raises CorruptArchiveError. Extraction
     goes to a temporary sibling folder renamed to `target` at the end, so `target` only ever appears complete; on any
     error the temporary folder is removed.
@@ -406,7 +472,7 @@ def extract_archive(archive: Path, target: Path, *, max_bytes: int = DEFAULT_MAX
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)).resolve()
     try:
-        files = _extract(archive, tmp, max_bytes)
+        files = _extract(archive, tmp, _Budget(archive, max_bytes, max_ratio))
         tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,7 +9,8 @@ happened and whose message says what to do. Statuses (`ObtainStatus`):
     partial      a manual source with some of its files (only those are read; the message names the others)
     skipped      a manual source with none of its files: download it by hand
     unavailable  a source that cannot be downloaded any more (a copy in the manual folder is still read)
-    failed       the download failed, or a file is not the data (a Git LFS pointer, an HTML page, an empty file)
+    failed       the download failed, or a file is not the data (a Git LFS pointer, an HTML page, an empty file,
+                 a link into /proc, /sys or /dev)
                  or is found in several folders (the reason is recorded and shown by `m3e-hq sources`);
                  `transient` when it may pass (the downloader's own retries ran out on a timeout, network error,
                  408, 429 or 5xx), never when a host name did not resolve ("no network": retrying would not help)
@@ -24,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+import httpx
 
 from m3e_hq import progress
 from m3e_hq.schemas import CacheState, ObtainStatus
@@ -145,6 +148,9 @@ def remedy(source: Source, bad: NotData, path: Path) -> str:
     if bad.kind == "lfs":
         return (f"run `git lfs pull` in the clone it was copied from (or download the file itself from "
                 f"{origin(source)}), then copy it to {path}")
+    if bad.kind == "system":
+        return (f"links are followed only to regular files outside /proc, /sys and /dev; put the file itself at "
+                f"{path}")
     if bad.kind == "page":
         return (f"a login or error page was saved under the file's name; download the file itself from "
                 f"{origin(source)} to {path}")
@@ -161,9 +167,12 @@ def manual_guidance(obtain: ManualObtain, folder: Path, files: list[str]) -> str
 
 
 def _file_name(url: str) -> str:
+    """The URL's last path segment, percent-decoded; FetchError when the decoded name is no plain file name (`..%2F`
+    would otherwise name a file outside the downloads folder)."""
     name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-    if not name or name in (".", ".."):
-        raise FetchError(f"cannot name a file after the URL {url}")
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise FetchError(f"cannot name a file after the URL {url} (its decoded name is {name!r}): fix the URL in "
+                         "sources/catalog.yaml")
     return name
 
 
@@ -275,7 +284,7 @@ def fetch_source(source: Source, cache_root: Path, manual_root: Path) -> Obtaine
     try:
         return _download(source, cache_root)
     except (HubError, DownloadError, UnsafeArchiveError, FetchError, OSError, zipfile.BadZipFile,
-            tarfile.TarError) as exc:
+            tarfile.TarError, EOFError, httpx.HTTPError) as exc:
         message = failure_message(exc)
         cache.write_record(cache_root, source, CacheState.FAILED, message=message)
         return Obtained(source.name, ObtainStatus.FAILED, None, message,
@@ -285,7 +294,7 @@ def fetch_source(source: Source, cache_root: Path, manual_root: Path) -> Obtaine
 def failure_message(exc: BaseException) -> str:
     """A failed download in one line; a host name that did not resolve (an HTTP source's) says there is no network
     and what to do instead (a HubError says it itself)."""
-    message = f"{type(exc).__name__}: {exc}"
+    message = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
     if unresolved(exc) and not isinstance(exc, HubError):
         return f"no network: {message}; use a warm cache (--cache-dir) or your own copies (--raw-dir DIR)"
     return message

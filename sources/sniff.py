@@ -2,6 +2,10 @@
 a Git LFS pointer (a clone without `git lfs pull`), an HTML or XML page (a cloud drive's login or error page, a
 proxy's answer), an empty file. No native format of the catalog starts like any of them: Parquet starts with
 `PAR1`, gzip with 1f 8b, JSON and JSON Lines with `{` or `[`, the CSV files with their header row.
+
+Symbolic links are followed only to regular files outside the system trees (/proc, /sys, /dev): a file whose real
+path lies in one (a link to /proc/self/environ would read the build's environment, tokens with it) is not the data
+and is not opened. Links to anything but a regular file (a folder, a device, a pipe) match no file glob at all.
 """
 
 import re
@@ -9,6 +13,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 HEAD_BYTES = 4096
+SYSTEM_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
 LFS_SPECS = (b"version https://git-lfs.github.com/spec/", b"version https://hawser.github.com/spec/")
 MARKUP_STARTS = (b"<!doctype", b"<html", b"<?xml", b"<head", b"<body", b"<!--")
 _LFS_SIZE = re.compile(rb"^size (\d+)\s*$", re.MULTILINE)
@@ -18,13 +23,16 @@ _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 class NotData(NamedTuple):
     """A file that is not the data: its kind, and what it is in words ("a Git LFS pointer to a 1,024-byte file")."""
 
-    kind: Literal["lfs", "page", "empty"]
+    kind: Literal["lfs", "page", "empty", "system"]
     what: str
 
 
 def not_data(path: Path) -> NotData | None:
     """What the file at `path` is when it cannot be the data; None when it may be (or cannot be opened: the reader
     then quarantines it as unreadable_file)."""
+    real = path.resolve()
+    if any(real.is_relative_to(tree) for tree in SYSTEM_TREES):
+        return NotData("system", f"a link to the system file {real}" if path.is_symlink() else f"the system file {real}")
     try:
         with path.open("rb") as handle:
             head = handle.read(HEAD_BYTES)

@@ -1,9 +1,11 @@
 """HTTP downloads (resume, retries, checksums, bounded transfers) against a local test server, and safe archive
 extraction."""
 
+import gzip
 import hashlib
 import io
 import random
+import re
 import socket
 import tarfile
 import time
@@ -15,7 +17,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from m3e_hq.sources.catalog import Catalog, HttpFile, HttpObtain
+from m3e_hq.sources.catalog import Catalog, HttpFile, HttpObtain, Source
 from m3e_hq.sources.download_http import (
     ChecksumError,
     CorruptArchiveError,
@@ -517,3 +519,165 @@ def test_existing_target_is_not_overwritten(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     with pytest.raises(FileExistsError, match="delete it"):
         extract_archive(archive, tmp_path / "out")
+
+
+# --- hostile archives and URLs: bombs, names twice, redirect loops, truncated streams, encoded names ---------------
+
+REAL = Path("/work/shared/data/real/simclue/train_pair_postive_1w.json")  # 1,000 real SimCLUE pairs, JSON Lines
+
+
+def simclue_source(catalog: Catalog, url: str) -> Source:
+    return catalog.get("SimCLUE").model_copy(update={"obtain": HttpObtain(kind="http", files=[HttpFile(url=url)])})
+
+
+def left_in(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("name", ["bomb.zip", "bomb.tgz"])
+def test_a_decompression_bomb_is_refused_before_anything_is_written(tmp_path: Path, name: str) -> None:
+    archive, zeros = tmp_path / name, b"\0" * (64 << 20)
+    if name.endswith(".zip"):
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("train_pair_postive.json", zeros)
+    else:
+        make_tar(archive, {"train_pair_postive.json": zeros})
+    size = archive.stat().st_size
+    assert size < (1 << 20)  # the ratio, not max_bytes, refuses it: over 100 times
+
+    with pytest.raises(UnsafeArchiveError, match=f"67,108,864 bytes uncompressed exceeds the limit of "
+                       f"{100 * size:,} bytes .* a decompression bomb"):
+        extract_archive(archive, tmp_path / "out")
+    assert left_in(tmp_path) == [name]
+
+
+def test_a_tar_bomb_is_refused_at_its_header_before_its_data_is_inflated(tmp_path: Path) -> None:
+    """A header declaring 2 GiB, followed by 1 MiB of its data only: refused at the header (the data is never
+    inflated, so the stream is never found short)."""
+    info = tarfile.TarInfo("train_pair_postive.json")
+    info.size = 2 << 30
+    archive = tmp_path / "bomb.tgz"
+    archive.write_bytes(gzip_of(info.tobuf() + b"\0" * (1 << 20)))
+
+    with pytest.raises(UnsafeArchiveError) as raised:
+        extract_archive(archive, tmp_path / "out")
+    assert type(raised.value) is UnsafeArchiveError  # not CorruptArchiveError: nothing was read past the header
+    assert "2,147,483,648 bytes uncompressed exceeds the limit of 1,048,576 bytes" in str(raised.value)
+    assert left_in(tmp_path) == ["bomb.tgz"]
+
+
+def test_bytes_unpacked_past_the_declared_members_are_counted_and_stop_the_extraction(tmp_path: Path) -> None:
+    """A tar stream that goes on after its end-of-archive blocks: the members declare 1,000 lines of real text,
+    the gzip stream inflates to 64 MiB more, which is read (its CRC is only checked at the end), counted and
+    stopped at the limit."""
+    text = REAL.read_bytes()
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w") as tf:
+        info = tarfile.TarInfo("train_pair_postive.json")
+        info.size = len(text)
+        tf.addfile(info, io.BytesIO(text))
+    archive = tmp_path / "tail.tgz"
+    archive.write_bytes(gzip_of(tar.getvalue() + b"\0" * (64 << 20)))
+    limit = 100 * archive.stat().st_size
+
+    with pytest.raises(UnsafeArchiveError, match=f"unpacks to more than {limit:,} bytes .* stopped after") as info:
+        extract_archive(archive, tmp_path / "out")
+    stopped = int(re.search(r"stopped after ([\d,]+)", str(info.value)).group(1).replace(",", ""))
+    assert limit - (1 << 20) < stopped <= limit  # stopped within one chunk of the limit, not at 64 MiB
+    assert left_in(tmp_path) == ["tail.tgz"]
+
+
+def gzip_of(data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb") as gz:
+        gz.write(data)
+    return buffer.getvalue()
+
+
+def test_real_text_archives_are_well_within_the_ratio(tmp_path: Path) -> None:
+    archive = make_tar(tmp_path / "real.tgz", {"train_pair_postive.json": REAL.read_bytes() * 20})  # 2.2 MB
+    files = extract_archive(archive, tmp_path / "out")
+    assert [f.read_bytes() for f in files] == [REAL.read_bytes() * 20]
+    assert files[0].stat().st_size / archive.stat().st_size < 10  # real Chinese text compresses some 3-4 times
+
+
+@pytest.mark.parametrize("name", ["twice.zip", "twice.tar.gz"])
+def test_an_archive_with_a_member_named_twice_fails_the_source(httpserver: HTTPServer, tmp_path: Path,
+                                                               catalog: Catalog, name: str) -> None:
+    lines = REAL.read_bytes().splitlines(keepends=True)
+    first, second = b"".join(lines[:30]), lines[30]
+    buffer = tmp_path / name
+    if name.endswith(".zip"):
+        with zipfile.ZipFile(buffer, "w") as zf:
+            zf.writestr("train_pair_postive.json", first)
+            with pytest.warns(UserWarning, match="Duplicate name"):
+                zf.writestr("train_pair_postive.json", second)
+    else:
+        with tarfile.open(buffer, "w:gz") as tf:
+            for content in (first, second):
+                info = tarfile.TarInfo("train_pair_postive.json")
+                info.size = len(content)
+                tf.addfile(info, io.BytesIO(content))
+    httpserver.expect_request(f"/{name}").respond_with_data(buffer.read_bytes())
+
+    got = fetch_source(simclue_source(catalog, httpserver.url_for(f"/{name}")), tmp_path / "cache",
+                       tmp_path / "manual")
+
+    assert got.status == "failed" and not got.transient
+    assert got.message.startswith("UnsafeArchiveError: ") and "'train_pair_postive.json' appears twice" in got.message
+    assert not (tmp_path / "cache" / "sources" / "SimCLUE").exists()
+
+
+def test_a_redirect_loop_fails_the_source_with_one_line(httpserver: HTTPServer, tmp_path: Path,
+                                                        catalog: Catalog) -> None:
+    httpserver.expect_request("/loop.zip").respond_with_response(Response(status=302, headers={"Location": "/loop.zip"}))
+
+    got = fetch_source(simclue_source(catalog, httpserver.url_for("/loop.zip")), tmp_path / "cache",
+                       tmp_path / "manual")
+
+    assert got.status == "failed" and not got.transient
+    assert got.message == (f"DownloadError: GET {httpserver.url_for('/loop.zip')} was redirected more than 20 times "
+                           "(a redirect loop?): check the URL in sources/catalog.yaml, or download the file by hand")
+    assert len(httpserver.log) == 21  # the first request and 20 redirects, not retried
+
+
+def test_a_redirect_to_another_scheme_fails_the_source_at_once(httpserver: HTTPServer, tmp_path: Path,
+                                                               catalog: Catalog) -> None:
+    httpserver.expect_request("/away.zip").respond_with_response(
+        Response(status=302, headers={"Location": "file:///etc/passwd"}))
+
+    got = fetch_source(simclue_source(catalog, httpserver.url_for("/away.zip")), tmp_path / "cache",
+                       tmp_path / "manual")
+
+    assert got.status == "failed" and not got.transient and len(httpserver.log) == 1  # not retried
+    assert got.message.startswith(f"DownloadError: GET {httpserver.url_for('/away.zip')} led to a URL that is not "
+                                  "http or https (Request URL has an unsupported protocol 'file://'.): check the URL")
+
+
+@pytest.mark.parametrize("cut", [100, len(TGZ) // 2, len(TGZ) - 4])
+def test_a_truncated_tgz_download_fails_the_source_wherever_it_is_cut(httpserver: HTTPServer, tmp_path: Path,
+                                                                      catalog: Catalog, cut: int) -> None:
+    httpserver.expect_request("/cut.tgz").respond_with_data(TGZ[:cut])
+
+    got = fetch_source(simclue_source(catalog, httpserver.url_for("/cut.tgz")), tmp_path / "cache",
+                       tmp_path / "manual")
+
+    assert got.status == "failed" and "\n" not in got.message
+    assert got.message.startswith("CorruptArchiveError: ") and "(EOFError: " in got.message
+    assert not (tmp_path / "cache" / "sources" / "SimCLUE").exists()
+
+
+@pytest.mark.parametrize("segment", ["..%2F..%2Fescaped.json", "..%2f..%2fescaped.json", "%2E%2E", "a%5C..%5Cb.json",
+                                     "x%00.json"])
+def test_a_percent_encoded_file_name_cannot_leave_the_cache(httpserver: HTTPServer, tmp_path: Path,
+                                                            catalog: Catalog, segment: str) -> None:
+    url = httpserver.url_for("/files/") + segment
+    httpserver.expect_request("/files/../../escaped.json").respond_with_data(REAL.read_bytes())
+
+    got = fetch_source(simclue_source(catalog, url), tmp_path / "cache", tmp_path / "manual")
+
+    assert got.status == "failed"
+    assert got.message.startswith(f"FetchError: cannot name a file after the URL {url} (its decoded name is ")
+    assert got.message.endswith("fix the URL in sources/catalog.yaml")
+    assert [p for p in left_in(tmp_path) if (tmp_path / p).is_file()] == ["cache/state/SimCLUE.json"]
+    assert httpserver.log == []

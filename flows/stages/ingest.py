@@ -1,9 +1,11 @@
 """Ingest stage: native files -> adapter -> clean-up -> validation -> one m3e-hq Parquet file per source.
 
-Rows that cannot become a pair are quarantined (the dropped file) with a reason code and their raw native row.
+Rows that cannot become a pair are quarantined (the dropped file) with a reason code and their raw native row,
+whatever looks like a credential in it redacted and cut at RAW_MAX_CHARS characters (`stored_raw`).
 """
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ class IngestReason(Reason):
 
     INVALID_UTF8 = "invalid_utf8", "a line or text that is not valid UTF-8 (or holds lone surrogates)"
     INVALID_JSON = "invalid_json", "a line or file that does not parse as JSON"
+    INVALID_CSV = "invalid_csv", "a CSV row over several lines with an unterminated quote: its first line"
     INVALID_RECORD = "invalid_record", "a record that is not an object, or a top level that is not the expected list"
     UNREADABLE_FILE = "unreadable_file", "a file that cannot be read past a point: counted once"
     UNREADABLE_VALUE = "unreadable_value", "a Parquet row holding a value Python cannot hold (a timestamp past 9999)"
@@ -104,14 +107,15 @@ def to_row(candidate: Candidate, source_tags: dict[str, Any], max_chars: int) ->
 
 
 def quarantine_row(source: str, candidate: Candidate, reason: str) -> dict[str, Any]:
+    raw, detail = stored_raw(_raw_json(candidate.raw))
     return {
         "source": source,
         "split": candidate.split,
         "locator": candidate.locator,
         "id": None,
         "reason": reason,
-        "detail": None,
-        "raw": _raw_json(candidate.raw),
+        "detail": detail,
+        "raw": raw,
         "kept_id": None,
     }
 
@@ -122,6 +126,34 @@ def _raw_json(raw: Any) -> str | None:
         return None
     text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+RAW_MAX_CHARS = 100_000  # the most of a quarantined row's raw text stored
+# What a credential looks like: the value of a name that says it is one (HF_TOKEN=…, "password": "…"), a Hub,
+# GitHub, OpenAI, Slack or AWS token, a bearer token, a private key.
+TOKEN_PATTERNS = re.compile(
+    r"(?P<name>(?i:\b\w*(?:token|secret|passw(?:or)?d|api_?key|access_?key|private_?key))[\"']?\s*[=:]\s*[\"']?)"
+    r"[^\s\"',;\x00]+"
+    r"|\bhf_[A-Za-z0-9]{20,}|\bgh[pousr]_[A-Za-z0-9]{20,}|\bgithub_pat_\w{20,}|\bsk-[\w-]{20,}|\bxox[abpr]-[\w-]{10,}"
+    r"|\bAKIA[0-9A-Z]{16}\b|\bBearer\s+[\w.~+/=-]{8,}|-----BEGIN [A-Z ]*PRIVATE KEY-----"
+)
+REDACTED = "[redacted]"
+
+
+def stored_raw(raw: str | None) -> tuple[str | None, str | None]:
+    """The raw text as stored in the dropped file, and a note of what was changed (the row's `detail`): whatever
+    looks like a credential replaced by `[redacted]` (a `name=value` keeps its name), the text cut at RAW_MAX_CHARS
+    characters."""
+    if raw is None:
+        return None, None
+    notes = []
+    raw, redacted = TOKEN_PATTERNS.subn(lambda match: (match.group("name") or "") + REDACTED, raw)
+    if redacted:
+        notes.append(f"raw: {redacted} credential{'s' if redacted > 1 else ''} redacted")
+    if len(raw) > RAW_MAX_CHARS:
+        notes.append(f"raw cut to {RAW_MAX_CHARS:,} of {len(raw):,} characters")
+        raw = raw[:RAW_MAX_CHARS]
+    return raw, "; ".join(notes) or None
 
 
 def run(inputs: dict[str, list[SourceFile]], params: IngestParams, context: Context) -> StageResult:

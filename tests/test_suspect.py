@@ -105,3 +105,12 @@ def test_rows_unusable_for_their_content_do_not_make_a_source_suspect(tmp_path):
     nothing = ingest(tmp_path / "none", "SimCLUE", {"train_pair_postive.json": jsonl(empty)})
     assert nothing.status == "suspect" and nothing.suspect.reason == "empty_text"  # but something must be kept
     assert "ingest/dropped/SimCLUE.parquet" in nothing.message
+
+
+def test_a_csv_whose_quoting_is_broken_on_most_rows_is_suspect(tmp_path):
+    # lawzhidao's columns, every reply opening a quote it never closes (a file saved with another quote character)
+    rows = "".join(f'劳动合同到期不续签有补偿吗{i},,"有的。用人单位不续签的，应当支付经济补偿,1\n' for i in range(12))
+    result = ingest(tmp_path, "lawzhidao", {"lawzhidao_filter.csv": ("title,question,reply,is_best\n" + rows).encode()})
+    assert result.counts.dropped == {"invalid_csv": 12} and result.counts.kept == 0
+    assert result.status == "suspect" and result.suspect.reason == "invalid_csv"
+    assert "quoting is broken" in result.suspect.check

@@ -27,6 +27,7 @@ from m3e_hq.sources.catalog import FlatAdapter, Source, SquadAdapter
 STRUCTURAL_REASONS = frozenset({
     IngestReason.INVALID_UTF8, IngestReason.INVALID_JSON, IngestReason.INVALID_RECORD, IngestReason.UNREADABLE_FILE,
     IngestReason.MISSING_FIELD, IngestReason.WRONG_TYPE, IngestReason.MISSING_TABLE, IngestReason.BAD_SQL,
+    IngestReason.INVALID_CSV,
 })
 STRUCTURAL_SHARE = 0.5  # of the rows the source's own rule leaves: above it, the source is suspect
 SAMPLE_ROWS = 20  # quarantined rows of the dominant reason read for their keys
@@ -49,6 +50,8 @@ CHECKS = {
                                 "*.tables.json is there and of the same release",
     IngestReason.BAD_SQL: "the structured queries are not in the form the adapter renders (sel, agg, conds): check "
                           "that the files are the release the catalog names",
+    IngestReason.INVALID_CSV: "the CSV's quoting is broken on most rows: check the delimiter and the quote "
+                              "character against the catalog entry's adapter, and that the file is the data",
     IngestReason.LABEL_FILTERED: "no record has a label the catalog keeps ({fields}): check the label values the "
                                  "files use",
 }

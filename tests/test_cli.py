@@ -65,7 +65,8 @@ def runs(monkeypatch: pytest.MonkeyPatch, no_server: None) -> list[BuildParams]:
 
     class Flow:
         def __init__(self) -> None:
-            self.summary = {"results": [], "stages": {}, "manifest": "manifest.json", "published": {"folders": {}}}
+            self.summary = {"results": [], "stages": {}, "manifest": "manifest.json", "published": {"folders": {}},
+                            "problem": None}
 
         def with_options(self, **options: object) -> "Flow":
             return self
@@ -186,7 +187,8 @@ def full_build_summary() -> dict:
             stages[stage].append(StageCounts(stage, source.name, kept, kept * 9 // 10,
                                              {"too_short": kept - kept * 9 // 10}))
             kept = kept * 9 // 10
-    return {"results": results, "stages": stages, "manifest": "manifest.json", "published": {"folders": {}}}
+    summary = {"results": results, "stages": stages, "manifest": "manifest.json", "published": {"folders": {}}}
+    return {**summary, "problem": build_module.sources_problem(summary)}
 
 
 def test_the_build_tables_fit_80_columns(runs, monkeypatch, tmp_path):

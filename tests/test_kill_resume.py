@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from prefect_server import BIN, Server
@@ -106,7 +107,8 @@ def content(path: Path) -> Any:
     without the build date, JSON Lines as sorted lines; plots and checksums (which cover the card) left out."""
     if path.suffix == ".parquet":
         table = pq.read_table(path)
-        keys = ["id"] if "id" in table.column_names else table.column_names
+        keys = ["id"] if "id" in table.column_names else [f.name for f in table.schema
+                                                            if not pa.types.is_list(f.type)]
         return table.sort_by([(k, "ascending") for k in keys]).to_pylist()
     if path.suffix == ".jsonl":
         return sorted(path.read_text(encoding="utf-8").splitlines())

@@ -44,7 +44,8 @@ def runs(monkeypatch: pytest.MonkeyPatch) -> list[BuildParams]:
 
         def __call__(self, params: BuildParams) -> dict:
             given.append(params)
-            return {"results": [], "stages": {}, "manifest": "manifest.json", "published": {"folders": {}}}
+            return {"results": [], "stages": {}, "manifest": "manifest.json", "published": {"folders": {}},
+                    "problem": None}
 
     monkeypatch.setattr(build_module, "build_m3e_hq", Flow())
     return given

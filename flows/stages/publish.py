@@ -37,7 +37,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from m3e_hq.flows.core.model_names import DEFAULT_ENCODER
-from m3e_hq.flows.stages.publish_params import PublishParams
+from m3e_hq.flows.core.publish_params import PublishParams
 from m3e_hq.schemas import M3E_HQ_SCHEMA, M3E_HQ_WITH_SCORE_SCHEMA, MANIFEST_NAME, Manifest, ObtainedSummary
 from m3e_hq.sources.catalog import Catalog, HubObtain
 

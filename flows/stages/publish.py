@@ -459,7 +459,7 @@ class ScoredSinks:
                  allowed: np.ndarray | None) -> None:
         self.folder, self.params, self.catalog, self.allowed = folder, params, catalog, allowed
         self.query_prompt: str = mine.get("query_prompt", "")
-        self.negatives: int = mine.get("negatives", {}).get("num_negatives", 7)
+        self.negatives = num_negatives(mine)
         n, shuffled = self.negatives, lambda name, rows: ShuffledWriter(folder / name, params.shard_rows,
                                                                         params.seed, rows)
         self.pairs, self.triplets = shuffled(PAIRS, expected), shuffled(TRIPLETS, expected * n)
@@ -486,9 +486,10 @@ class ScoredSinks:
         self.lengths["negative"].add(pc.utf8_length(pc.list_flatten(table["text_neg"])))
         self.scores["positive"].add(table["score_pos"])
         self.scores["negative"].add(pc.list_flatten(table["score_neg"]))
-        scored = scored_pairs(table)
+        per_negative = triplets(table)
+        scored = scored_pairs(table, per_negative)
         self.pairs.write(pairs_of(table))
-        self.triplets.write(triplets(table))
+        self.triplets.write(per_negative)
         self.scored.write(scored)
         tuples = distill_rows(table, self.negatives)
         self.distill.write(tuples)
@@ -540,6 +541,11 @@ class ScoredSinks:
                            f"without the label", schema=pa.schema([schema.field(c) for c in names]), columns=names,
                            num_bytes=distill.num_bytes - distill_label_bytes(distill.rows, n)))
         return [c for c in made if c.rows]
+
+
+def num_negatives(mine: dict[str, Any]) -> int:
+    """The build's negatives per row, from its mine settings (7, NegativeParams' default, when they do not say)."""
+    return mine.get("negatives", {}).get("num_negatives", 7)
 
 
 def distill_label_bytes(rows: int, n: int) -> int:
@@ -596,14 +602,13 @@ def triplets(table: pa.Table) -> pa.Table:
                                  pc.list_flatten(table["text_neg"])], schema=TRIPLETS_SCHEMA)
 
 
-def scored_pairs(table: pa.Table) -> pa.Table:
-    """One row per (query, positive) and per (query, negative): sentence1, sentence2, label (the score); a row's
-    pairs are shuffled apart by the writer."""
-    parent = pc.list_parent_indices(table["text_neg"])
+def scored_pairs(table: pa.Table, per_negative: pa.Table) -> pa.Table:
+    """One row per (query, positive) and per (query, negative), the latter from the rows' `triplets`: sentence1,
+    sentence2, label (the score); a row's pairs are shuffled apart by the writer."""
     return pa.concat_tables([
         pa.Table.from_arrays([table["text"], table["text_pos"], table["score_pos"]], schema=SCORED_PAIRS_SCHEMA),
-        pa.Table.from_arrays([table["text"].take(parent), pc.list_flatten(table["text_neg"]),
-                              pc.list_flatten(table["score_neg"])], schema=SCORED_PAIRS_SCHEMA),
+        pa.Table.from_arrays([per_negative["text"], per_negative["text_neg"], pc.list_flatten(table["score_neg"])],
+                             schema=SCORED_PAIRS_SCHEMA),
     ])
 
 
@@ -994,9 +999,9 @@ def usage_section(facts: Facts, manifest: Manifest, params: PublishParams) -> st
                 "sentence2, label) as scored pairs" if facts.scale else "") + ".")
     if not facts.scale:
         return "\n".join([*lines, "```", "", order])
-    n = next((c for c in facts.configs if c.name == DISTILL), None)
+    has_distill = any(c.name == DISTILL for c in facts.configs)
     mine = manifest.settings("mine")
-    negatives = mine.get("negatives", {}).get("num_negatives", 7)
+    negatives = num_negatives(mine)
     lines += [f'triplets = load_dataset(REPO, "{TRIPLETS}", split="train")  # MultipleNegativesRankingLoss, uniem',
               f'scored = load_dataset(REPO, "{SCORED_PAIRS}", split="train")  # CoSENTLoss, uniem',
               f'ntuples = load_dataset(REPO, "{NTUPLES}", split="train")  # MNRL with {negatives} hard negatives',
@@ -1008,7 +1013,7 @@ def usage_section(facts: Facts, manifest: Manifest, params: PublishParams) -> st
               f"`label` is [score_pos, score_neg_1..{negatives}]: MarginMSELoss takes the margins score_pos - "
               "score_neg as they are; DistillKLDivLoss softmaxes label / teacher_temperature, so give it a "
               "temperature that suits the scale (for cosine scores, e.g. `DistillKLDivLoss(model, "
-              f"temperature={params.teacher_temperature:g})`). {f'{facts.short_rows:,} rows with fewer negatives are not in it.' if n else ''}")
+              f"temperature={params.teacher_temperature:g})`). {f'{facts.short_rows:,} rows with fewer negatives are not in it.' if has_distill else ''}")
     flag_prompt = ("`prompt` is the build's query prompt for s2p sources and empty for s2s ones (FlagEmbedding uses "
                    "a line's prompt instead of `--query_instruction_for_retrieval`, when that is given)"
                    if mine.get("query_prompt") else

@@ -712,7 +712,7 @@ def export(
         result = publish(build, out, params, default_catalog())
         hub = push_both(result, push_to_hub) if push_to_hub else {}
     except (ValueError, PushError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
     for source, why in result.excluded.items():
         console.print(f"left out {source}: {why}", soft_wrap=True)

@@ -74,6 +74,7 @@ class SourceCounts(Record):
     seconds: float
     kept_path: str | None = None
     dropped_path: str | None = None
+    made_from: str | None = None  # the identity its outputs record (flows/core/lineage.py)
 
 
 class StageTotals(Record):
@@ -85,18 +86,20 @@ class StageTotals(Record):
 
 
 class StageSummary(Record):
-    """One stage: its totals, its counts per source and, for some stages, what it found (e.g. dedup's duplicates by
-    source pair); `stats` is left out of the JSON when the stage has none."""
+    """One stage: its totals, its counts per source, the parameters it ran with and, for some stages, what it found
+    (e.g. dedup's duplicates by source pair); `params` and `stats` are left out of the JSON when absent."""
 
     totals: StageTotals
     sources: dict[str, SourceCounts]
+    params: dict[str, Any] | None = None
     stats: dict[str, Any] | None = None
 
     @model_serializer(mode="wrap")
-    def _without_absent_stats(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _without_absent_parts(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data = handler(self)
-        if self.stats is None:
-            data.pop("stats", None)
+        for part in ("params", "stats"):
+            if getattr(self, part) is None:
+                data.pop(part, None)
         return data
 
     def kept(self, source: str) -> int | None:

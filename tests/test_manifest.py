@@ -46,7 +46,7 @@ def stages() -> dict[str, list[StageCounts]]:
 @pytest.fixture
 def written(tmp_path: Path) -> Path:
     return write_manifest(tmp_path, PARAMS, {r.source: r.summary() for r in results()}, stages(),
-                          {"dedup": DEDUP_STATS})
+                          {"dedup": DEDUP_STATS}, {"dedup": {"near": True}})
 
 
 def test_a_written_manifest_reads_back_as_the_model_of_what_was_written(written):
@@ -70,8 +70,8 @@ def test_a_written_manifest_reads_back_as_the_model_of_what_was_written(written)
 def test_the_json_keeps_its_keys_in_order_and_writing_the_read_model_gives_the_same_bytes(written, tmp_path):
     data = json.loads(written.read_text(encoding="utf-8"))
     assert list(data) == ["created", "catalog_sha256", "params", "sources", "stages"]
-    assert list(data["stages"]["ingest"]) == ["totals", "sources"]  # no stats: no key
-    assert list(data["stages"]["dedup"]) == ["totals", "sources", "stats"]
+    assert list(data["stages"]["ingest"]) == ["totals", "sources"]  # no params, no stats: no keys
+    assert list(data["stages"]["dedup"]) == ["totals", "sources", "params", "stats"]
     assert list(data["sources"]["a"]) == [f.name for f in fields(SourceResult) if f.name != "counts"]
     again = Manifest.read(written.parent).write(tmp_path / "again")
     assert again.read_bytes() == written.read_bytes()

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from m3e_hq.files import temporary
+from m3e_hq.flows.core.lineage import made_from
 from m3e_hq.schemas import DROPPED_SCHEMA, validate_table
 
 BATCH_ROWS = 20_000
@@ -67,6 +68,7 @@ class StageCounts:
     seconds: float = 0.0
     kept_path: str | None = None
     dropped_path: str | None = None
+    made_from: str | None = None  # the identity of what the outputs were made from (flows.core.lineage)
 
     @property
     def dropped_total(self) -> int:
@@ -94,8 +96,8 @@ def parquet_batches(path: Path, batch_size: int = BATCH_ROWS, columns: list[str]
 class _ParquetSink:
     """Rows buffered and written in batches to a temporary file, renamed into place on commit."""
 
-    def __init__(self, path: Path, schema: pa.Schema, validate: bool) -> None:
-        self.path, self.schema, self.validate = path, schema, validate
+    def __init__(self, path: Path, schema: pa.Schema, validate: bool, metadata: dict[bytes, bytes]) -> None:
+        self.path, self.schema, self.validate, self.metadata = path, schema, validate, metadata
         self.tmp = temporary(path)
         self.rows: list[dict] = []
         self.written = 0
@@ -126,7 +128,8 @@ class _ParquetSink:
     def _open(self) -> pq.ParquetWriter:
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+            schema = self.schema.with_metadata((self.schema.metadata or {}) | self.metadata)
+            self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
         return self.writer
 
     def commit(self) -> None:
@@ -148,14 +151,18 @@ class StageWriter:
     """Counts, times and writes one stage's output for one source; use as a context manager.
 
     Files: `<stage_dir>/<source>.parquet` (kept) and `<stage_dir>/dropped/<source>.parquet`. They appear only when
-    the block completes and the accounting identity holds; on an error the temporary files are removed.
+    the block completes and the accounting identity holds; on an error the temporary files are removed. Within a
+    recorded unit of work both carry what they were made from in their metadata (`flows.core.lineage`), and the
+    counts its identity.
     """
 
     def __init__(self, stage_dir: Path, stage: str, source: str, schema: pa.Schema) -> None:
-        self.counts = StageCounts(stage=stage, source=source)
+        record = made_from(source)
+        metadata = record.metadata() if record is not None else {}
+        self.counts = StageCounts(stage=stage, source=source, made_from=record.id if record is not None else None)
         self._reasons: Counter[str] = Counter()
-        self._kept = _ParquetSink(stage_dir / f"{source}.parquet", schema, validate=True)
-        self._dropped = _ParquetSink(stage_dir / "dropped" / f"{source}.parquet", DROPPED_SCHEMA, validate=False)
+        self._kept = _ParquetSink(stage_dir / f"{source}.parquet", schema, True, metadata)
+        self._dropped = _ParquetSink(stage_dir / "dropped" / f"{source}.parquet", DROPPED_SCHEMA, False, metadata)
         self._start = 0.0
 
     def __enter__(self) -> Self:

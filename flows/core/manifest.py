@@ -24,9 +24,10 @@ def stage_totals(counts: list[StageCounts]) -> dict[str, Any]:
     }
 
 
-def stage_summary(counts: list[StageCounts], stats: dict[str, Any] | None) -> StageSummary:
-    return StageSummary.model_validate({"totals": stage_totals(counts),
-                                        "sources": {c.source: c.to_dict() for c in counts}, "stats": stats})
+def stage_summary(counts: list[StageCounts], params: dict[str, Any] | None,
+                  stats: dict[str, Any] | None) -> StageSummary:
+    return StageSummary.model_validate({"totals": stage_totals(counts), "sources": {c.source: c.to_dict() for c in counts},
+                                        "params": params, "stats": stats})
 
 
 def check_chain(stages: dict[str, list[StageCounts]]) -> None:
@@ -45,23 +46,25 @@ def check_chain(stages: dict[str, list[StageCounts]]) -> None:
 
 
 def write_manifest(build_dir: Path, params: dict[str, Any], sources: dict[str, dict[str, Any]],
-                   stages: dict[str, list[StageCounts]], stats: dict[str, dict[str, Any]] | None = None) -> Path:
+                   stages: dict[str, list[StageCounts]], stats: dict[str, dict[str, Any]] | None = None,
+                   stage_params: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write `<build_dir>/manifest.json` atomically, after checking every stage's accounting identity (rows read =
     rows kept + rows dropped by reason) and the chain of the stages, in the order given, which is the order they ran
     (a stage's rows read = the previous stage's rows kept).
 
     `sources`: per source, SourceResult.summary(); `stats`: per stage, what it found besides its counts (e.g. the
-    dedup stage's duplicates by source pair)."""
+    dedup stage's duplicates by source pair); `stage_params`: per stage, the parameters it ran with."""
     for counts in stages.values():
         for c in counts:
             c.check()
     check_chain(stages)
-    stats = stats or {}
+    stats, stage_params = stats or {}, stage_params or {}
     manifest = Manifest.model_validate({
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "catalog_sha256": hashlib.sha256(CATALOG_PATH.read_bytes()).hexdigest(),
         "params": params,
         "sources": sources,
-        "stages": {stage: stage_summary(counts, stats.get(stage)) for stage, counts in stages.items()},
+        "stages": {stage: stage_summary(counts, stage_params.get(stage), stats.get(stage))
+                   for stage, counts in stages.items()},
     })
     return manifest.write(build_dir)

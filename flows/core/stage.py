@@ -20,6 +20,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from m3e_hq.flows.core.accounting import OutputError, StageCounts, StageWriter, dropped_rows
+from m3e_hq.flows.core.lineage import recording
 from m3e_hq.schemas.enums import TextEnum
 from m3e_hq.sources.catalog import Catalog
 
@@ -145,6 +146,19 @@ def timed(run: StageRun) -> StageRun:
     return unit
 
 
+def unit_run(stage: Stage) -> StageRun:
+    """`stage.run` for one unit of work: timed (`timed`), and what its outputs are made from recorded in them
+    (`flows.core.lineage`: the stage, its parameters and the identity of every file the unit reads)."""
+    run = timed(stage.run)
+
+    @functools.wraps(run)
+    def unit(inputs: dict[str, Any], params: Any, context: Context) -> StageResult:
+        with recording(stage.name, params, inputs):
+            return run(inputs, params, context)
+
+    return unit
+
+
 def share_seconds(counts: list[StageCounts], seconds: float) -> None:
     """Give each source its part of `seconds`, by rows read (equal parts when none were read)."""
     read = sum(c.read for c in counts)
@@ -166,7 +180,7 @@ class InProcess:
 
     def map(self, stage: Stage, units: list[dict[str, Any]], params: Any,
             context: Context) -> list[StageResult | Failed]:
-        run = timed(stage.run)
+        run = unit_run(stage)
         return [attempt(stage, unit, lambda unit=unit: run(unit, params, context)) for unit in units]
 
     def prepare(self, stage: Stage, inputs: dict[str, Any], params: Any, context: Context, shards: int) -> None:
@@ -177,9 +191,11 @@ class InProcess:
 
 @dataclass
 class PipelineRun:
-    """The result of each stage that ran, and the sources whose unit failed (and so left the build)."""
+    """The result of each stage that ran and the parameters it ran with (as JSON), and the sources whose unit failed
+    (and so left the build)."""
 
     results: dict[str, StageResult] = field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
 
 
@@ -199,6 +215,7 @@ def run_stages(stages: Sequence[Stage], inputs: dict[str, Any], build_params: An
         run.failed |= {o.source: o.message for o in outcomes if isinstance(o, Failed)}
         result = stage.merge([o for o in outcomes if isinstance(o, StageResult)], params)
         run.results[stage.name] = result
+        run.params[stage.name] = params.model_dump(mode="json")
         inputs = result.outputs
         if on_stage is not None:
             on_stage(stage, run)

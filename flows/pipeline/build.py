@@ -56,7 +56,7 @@ from m3e_hq.flows.core.stage import (
     StageResult,
     attempt,
     run_stages,
-    timed,
+    unit_run,
 )
 from m3e_hq.flows.pipeline.artifacts import publish_artifacts
 from m3e_hq.flows.pipeline.download import obtain_mapped, obtain_sources
@@ -190,7 +190,7 @@ def finish(params: BuildParams, results: list[SourceResult], run: PipelineRun) -
     stages = {name: result.counts for name, result in run.results.items()}
     stats = {name: result.stats for name, result in run.results.items() if result.stats}
     path = write_manifest(params.build_dir, params.model_dump(mode="json"),
-                          {r.source: r.summary() for r in results}, stages, stats)
+                          {r.source: r.summary() for r in results}, stages, stats, run.params)
     return {"manifest": str(path), "build_dir": str(params.build_dir), "results": results, "stages": stages}
 
 
@@ -358,7 +358,7 @@ def unit_task(fn: Callable[..., R], name: str) -> Task[..., Stamped[R]]:
     return task(run, name=name, cache_policy=STAGE_CACHE, persist_result=True)
 
 
-STAGE_TASKS = {s.name: unit_task(timed(s.run), s.name) for s in STAGES}
+STAGE_TASKS = {s.name: unit_task(unit_run(s), s.name) for s in STAGES}
 PREPARE_TASKS = {s.name: unit_task(s.prepare, s.prepare_name) for s in STAGES if s.prepare is not None}
 
 

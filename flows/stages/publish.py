@@ -36,6 +36,7 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from m3e_hq.flows.core.lineage import difference, read_record, without_record
 from m3e_hq.flows.core.model_names import DEFAULT_ENCODER
 from m3e_hq.flows.core.publish_params import PublishParams
 from m3e_hq.schemas import M3E_HQ_SCHEMA, M3E_HQ_WITH_SCORE_SCHEMA, MANIFEST_NAME, Manifest, ObtainedSummary
@@ -301,6 +302,7 @@ def publish(build_dir: Path, out_dir: Path, params: PublishParams, catalog: Cata
     previous publish as it was and no temporary folder behind. What a publish killed midway left is cleared first."""
     manifest = read_manifest(build_dir)
     sources, excluded = plan_sources(manifest, catalog, params)
+    check_made_from(build_dir, manifest, sources)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in (M3E_HQ, WITH_SCORE):
         recover(out_dir / name)
@@ -328,6 +330,39 @@ def read_manifest(build_dir: Path) -> Manifest:
     if missing:
         raise ValueError(f"{build_dir / MANIFEST_NAME} has no {' or '.join(missing)} stage: the build did not finish")
     return manifest
+
+
+class StaleOutputsError(ValueError):
+    """Stage outputs to publish that the build the manifest describes did not write: a later build into the folder,
+    with other settings or inputs, rewrote them and did not finish."""
+
+
+def check_made_from(build_dir: Path, manifest: Manifest, sources: list[str]) -> None:
+    """Raise StaleOutputsError unless every stage output to publish records the identity (what it was made from:
+    `flows.core.lineage`) that the manifest records for it."""
+    stale = []
+    for stage in STAGE_DIRS.values():
+        summary = manifest.stages[stage]
+        for source in sources:
+            counts, path = summary.sources.get(source), build_dir / stage / f"{source}.parquet"
+            if counts is None or not path.is_file():
+                continue  # read_source says what is wrong
+            record = read_record(path)
+            if counts.made_from is None:
+                why = "is not recorded in manifest.json (written by an older m3e-hq)"
+            elif record is None:
+                why = "records nothing it was made from (not written by a build)"
+            elif record["id"] != counts.made_from:
+                why = f"was {difference(record, summary.params)}"
+            else:
+                continue
+            stale.append((f"{stage}/{source}.parquet", why))
+    if stale:
+        (first, why), others = stale[0], [name for name, _ in stale[1:]]
+        more = f" (and {len(others)} more: {', '.join(others[:5])}{', ...' if len(others) > 5 else ''})" if others else ""
+        raise StaleOutputsError(f"{build_dir / first} {why}{more}: these are not the outputs of the build that "
+                                f"{build_dir / MANIFEST_NAME} describes (a later build into this folder did not "
+                                "finish); run that build again to finish it, then publish; nothing was published")
 
 
 def plan_sources(manifest: Manifest, catalog: Catalog, params: PublishParams) -> tuple[list[str], dict[str, str]]:
@@ -362,7 +397,7 @@ def read_source(build_dir: Path, stage: str, source: str, manifest: Manifest, pa
         raise ValueError(f"{path} has {parquet.metadata.num_rows} rows but the manifest says {expected}: the files "
                          f"and the manifest come from different builds")
     for batch in parquet.iter_batches(BATCH_ROWS, columns=columns):
-        table = pa.Table.from_batches([batch])
+        table = without_record(pa.Table.from_batches([batch]))
         if pc.any(pc.not_equal(table["source"], source)).as_py():
             raise ValueError(f"{path} holds rows of other sources than {source}")
         if params.commercial_only:

@@ -25,12 +25,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from prefect_server import BIN, Server
 from typer.testing import CliRunner
 
 from m3e_hq.flows.cli import app
+from m3e_hq.flows.core.lineage import read_record
 from m3e_hq.flows.pipeline.push import verify
 
 FAULTY_CLI = Path(__file__).with_name("faulty_cli.py")
@@ -177,6 +179,39 @@ def checksums(folder: Path) -> dict[str, str]:
     """A published dataset's SHA256SUMS, but the card's (which quotes the build date)."""
     lines = (folder / "SHA256SUMS").read_text(encoding="utf-8").splitlines()
     return {name: digest for digest, name in (line.split("  ", 1) for line in lines) if name != "README.md"}
+
+
+def test_a_rerun_with_other_settings_killed_while_mining_is_not_exported_until_it_finishes(server, tiny_encoder,
+                                                                                          tmp_path):
+    out, exported = tmp_path / "out", tmp_path / "exported"
+    args = command(out, tiny_encoder, "-s", "ocnli,lcqmc,cmrc2018")
+    assert run(server, args).returncode == 0
+    export = ["export", "--build", str(out), "--out", str(exported)]
+    assert run(server, export).returncode == 0
+    before = {name: (exported / name / "SHA256SUMS").read_bytes() for name in DATASETS}
+
+    three = [*args, "--num-negatives", "3"]
+    kill_when(server, three, lambda: any(negatives(p) == 3 for p in (out / "mine").glob("*.parquet")),
+              tmp_path / "killed.log")
+    assert 3 in {negatives(p) for p in (out / "mine").glob("*.parquet")}
+    assert json.loads((out / "manifest.json").read_text())["params"]["mine"]["negatives"]["num_negatives"] == 7
+    done = run(server, export)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1 and "Traceback" not in output, output
+    [error] = [line for line in output.splitlines() if line.startswith("error:")]
+    assert "was made with mine negatives" in error and "nothing was published" in error, error
+    assert {name: (exported / name / "SHA256SUMS").read_bytes() for name in DATASETS} == before
+
+    assert run(server, three).returncode == 0  # the re-run, to its end
+    assert run(server, export).returncode == 0
+    scored = pq.read_table(exported / "m3e-hq-with-score" / "data", columns=["text_neg"])
+    assert scored.num_rows and pc.max(pc.list_value_length(scored["text_neg"])).as_py() == 3
+    assert {negatives(p) for p in (out / "mine").glob("*.parquet")} == {3}
+
+
+def negatives(path: Path) -> int:
+    """The num_negatives a mine output was made with, as its record says."""
+    return read_record(path)["params"]["negatives"]["num_negatives"]
 
 
 def test_a_second_build_on_the_same_folder_says_in_one_line_which_process_holds_it(server, tiny_encoder, tmp_path):

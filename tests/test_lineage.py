@@ -18,7 +18,7 @@ from m3e_hq.flows.pipeline.params import BuildParams
 from m3e_hq.flows.stages.dedup import DEDUP
 from m3e_hq.flows.stages.filters import FILTER, FilterParams
 from m3e_hq.flows.stages.mine import MINE, MineParams
-from m3e_hq.flows.stages.publish import M3E_HQ, WITH_SCORE, PublishParams, StaleOutputsError, publish
+from m3e_hq.flows.stages.publish import WITH_SCORE, PublishParams, StaleOutputsError, publish
 from m3e_hq.schemas import Manifest
 from m3e_hq.sources.catalog import Catalog
 

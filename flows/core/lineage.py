@@ -66,8 +66,9 @@ _unit: ContextVar[Unit | None] = ContextVar("m3e_hq_unit", default=None)
 @contextmanager
 def recording(stage: str, params: Any, inputs: Mapping[str, Any]) -> Iterator[Unit]:
     """While the block runs, the outputs written in this context record that they were made by `stage` with
-    `params` (a pydantic model) from the files named in `inputs` (source -> a path, or a list of native files)."""
-    unit = Unit(stage, params.model_dump(mode="json"), dict(map(identity, input_files(inputs))))
+    `params` (a pydantic model) from the files named in `inputs` (source -> a stage output's path, or a list of
+    native files)."""
+    unit = Unit(stage, params.model_dump(mode="json"), identities(inputs))
     token = _unit.set(unit)
     try:
         yield unit
@@ -81,23 +82,21 @@ def made_from(source: str) -> MadeFrom | None:
     return None if unit is None else unit.of(source)
 
 
-def input_files(inputs: Mapping[str, Any]) -> list[Path]:
-    """The files a unit reads, in order: its inputs' paths (a stage output) or native files (`.path`)."""
-    files: list[Path] = []
+def identities(inputs: Mapping[str, Any]) -> dict[str, str]:
+    """Every file a unit reads, by name, and its identity: a stage output (a path) `<stage>/<source>.parquet` and the
+    identity it records; a native file (a SourceFile: never opened here, its reader judges it) its path, and its
+    size and modification time."""
+    found = {}
     for value in inputs.values():
         for item in value if isinstance(value, list | tuple) else [value]:
-            files.append(Path(getattr(item, "path", item)))
-    return files
-
-
-def identity(path: Path) -> tuple[str, str]:
-    """A file's name and identity: a stage output's `<stage>/<source>.parquet` and the identity it records, else
-    the file's path, size and modification time."""
-    record = read_record(path)
-    if record is not None:
-        return f"{path.parent.name}/{path.name}", record["id"]
-    stat = path.stat()
-    return str(path), f"{stat.st_size}:{stat.st_mtime_ns}"
+            record = read_record(item) if isinstance(item, Path) else None
+            if record is not None:
+                found[f"{item.parent.name}/{item.name}"] = record["id"]
+            else:
+                path = Path(getattr(item, "path", item))
+                stat = path.stat()
+                found[str(path)] = f"{stat.st_size}:{stat.st_mtime_ns}"
+    return found
 
 
 def read_record(path: Path) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@ build folder whose outputs a later, unfinished build rewrote (other settings, ot
 by `m3e-hq export`, until that build is run again to its end."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,11 +35,18 @@ def params(out: Path, encoder: Path, num_negatives: int = 7, **changes: object) 
                        mine=MineParams.model_validate(mine), **changes)
 
 
-@pytest.fixture
-def build(tmp_path: Path, tiny_encoder: Path) -> Path:
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Path) -> Path:
     """A finished build of three samples, mined with 7 negatives."""
-    build_sources(params(tmp_path / "build", tiny_encoder))
-    return tmp_path / "build"
+    out = tmp_path_factory.mktemp("finished") / "build"
+    build_sources(params(out, tiny_encoder))
+    return out
+
+
+@pytest.fixture
+def build(finished: Path, tmp_path: Path) -> Path:
+    """A copy of the finished build, to change."""
+    return Path(shutil.copytree(finished, tmp_path / "build"))
 
 
 def rerun(build_params: BuildParams, stages: list, sources: list[str], catalog: Catalog) -> None:

@@ -199,7 +199,7 @@ def test_a_rerun_with_other_settings_killed_while_mining_is_not_exported_until_i
     output = done.stdout + done.stderr
     assert done.returncode == 1 and "Traceback" not in output, output
     [error] = [line for line in output.splitlines() if line.startswith("error:")]
-    assert "was made with mine negatives" in error and "nothing was published" in error, error
+    assert "was made with mine.negatives.num_negatives 3 (the manifest's build: 7)" in error and "nothing was published" in error, error
     assert {name: (exported / name / "SHA256SUMS").read_bytes() for name in DATASETS} == before
 
     assert run(server, three).returncode == 0  # the re-run, to its end

@@ -113,8 +113,8 @@ def test_outputs_an_unfinished_build_rewrote_are_refused_until_it_is_run_to_its_
     with pytest.raises(StaleOutputsError) as info:
         publish(build, tmp_path / "other", PublishParams(plots=False), catalog)
     message = str(info.value)
-    assert f"{build}/mine/ocnli.parquet was made with mine negatives" in message
-    assert "'num_negatives': 3" in message and "'num_negatives': 7" in message
+    assert f"{build}/mine/ocnli.parquet was made with mine.negatives.num_negatives 3 (the manifest's build: 7) " \
+           "(and 1 more" in message
     assert "(and 1 more: mine/BQ.parquet)" in message and "nothing was published" in message
     assert not (tmp_path / "other").exists()
     done = export(build, out)

@@ -39,10 +39,11 @@ for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "f
 SERVER_STARTUP_SECONDS = 300
 SERVER_FAILED = 4  # exit status of a command whose temporary Prefect server did not start
 
-# Why a build output cannot be written: disk full or over quota, no permission, read-only, a file in the way.
-OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
-                           errno.EEXIST})
-OUTPUT_FAILED = 3  # exit status of a build stopped by an output that could not be written
+# Why a build output cannot be written: disk full or over quota, a file over the size limit, no permission,
+# read-only, a file in the way.
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS,
+                           errno.ENOTDIR, errno.EEXIST})
+OUTPUT_FAILED = 3  # exit status of a build or export stopped by an output that could not be written
 FOLDER_BUSY = 5  # exit status of a build whose folder another build holds
 
 app = typer.Typer(help="Build m3e-hq, the cleaned M3E Chinese text-pair dataset, from its 29 sources.",
@@ -506,18 +507,32 @@ def output_failure(exc: OSError, build_dir: Path, ran: bool) -> str:
     started (else no stage ran)."""
     where = Path(exc.filename) if exc.filename else build_dir
     option = "--out DIR" if where.is_relative_to(build_dir) else "--cache-dir DIR"
-    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    reason = os_reason(exc)
     again = "then run the command again: the stages that completed are not run again" if ran else \
         "then run the command again. No stage ran"
     return (f"cannot write {where}: {reason}. {remedy(exc, where)}, or choose another folder with "
             f"{option}, {again}. Nothing was published: the datasets in {build_dir} (if any) are as they were.")
 
 
+def os_reason(exc: OSError) -> str:
+    """Why a write failed: the errno's text, else the error's own."""
+    return os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc)
+
+
+def export_failure(exc: OSError, out: Path) -> str:
+    """What `m3e-hq export` could not write and why, what to do, and that nothing was published."""
+    where = Path(exc.filename) if exc.filename else out
+    return (f"cannot write {where}: {os_reason(exc)}. {remedy(exc, where)}, or choose another folder with --out DIR, "
+            f"then run the command again. Nothing was published: the datasets in {out} (if any) are as they were.")
+
+
 def remedy(exc: OSError, where: Path) -> str:
-    """What to do about an output that cannot be written at `where`: free space, remove a file in the way, or make
-    the folder writable."""
+    """What to do about an output that cannot be written at `where`: free space, allow larger files, remove a file
+    in the way, or make the folder writable."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "Free some space there"
+    if exc.errno == errno.EFBIG:
+        return "Raise the file-size limit (`ulimit -f`) or use a file system that takes larger files"
     if exc.errno in (errno.ENOTDIR, errno.EEXIST):
         in_the_way = next((p for p in (where, *where.parents) if p.exists() and not p.is_dir()), None)
         if in_the_way is not None:
@@ -714,6 +729,11 @@ def export(
     except (ValueError, PushError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
+    except OSError as exc:
+        if not output_problem(exc):
+            raise
+        console.print(f"[red]error:[/red] {escape(export_failure(exc, out))}", soft_wrap=True)
+        raise typer.Exit(OUTPUT_FAILED) from None
     for source, why in result.excluded.items():
         console.print(f"left out {source}: {why}", soft_wrap=True)
     print_published({"folders": {"m3e-hq": result.m3e_hq.folder, "m3e-hq-with-score": result.with_score.folder},

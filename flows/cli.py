@@ -45,6 +45,7 @@ OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES
                            errno.ENOTDIR, errno.EEXIST})
 OUTPUT_FAILED = 3  # exit status of a build or export stopped by an output that could not be written
 FOLDER_BUSY = 5  # exit status of a build whose folder another build holds
+PUSH_FAILED = 6  # exit status of a build, export or push whose upload to the Hub failed (published locally)
 
 app = typer.Typer(help="Build m3e-hq, the cleaned M3E Chinese text-pair dataset, from its 29 sources.",
                   no_args_is_help=True, add_completion=False)
@@ -470,7 +471,18 @@ def build(
     problem = summary["problem"]
     if problem:
         console.print(f"[red]error:[/red] {problem}", soft_wrap=True)
+    if "push_failed" in summary["published"]:
+        fail_push(summary["published"]["push_failed"], params.build_dir, params.push_to_hub)
+    if problem:
         raise typer.Exit(1)
+
+
+def fail_push(why: str, folder: Path, repo_id: str) -> NoReturn:
+    """Say that the upload failed, what is kept and how to retry it alone; exit PUSH_FAILED."""
+    console.print(f"[red]error:[/red] {escape(why)}. The datasets stay published in {folder / 'm3e-hq'} and "
+                  f"{folder / 'm3e-hq-with-score'}; retry the upload alone with `m3e-hq push {repo_id} --folder "
+                  f"{folder}`", soft_wrap=True)
+    raise typer.Exit(PUSH_FAILED)
 
 
 def output_problem(exc: OSError) -> bool:
@@ -722,11 +734,13 @@ def export(
     if not finished(build):
         console.print(f"[red]error:[/red] {escape(unfinished_build(build))}", soft_wrap=True)
         raise typer.Exit(2)
+    if push_to_hub and push_to_hub.count("/") != 1:
+        console.print(f"[red]error:[/red] --push-to-hub takes ORG/NAME, got {escape(repr(push_to_hub))}")
+        raise typer.Exit(2)
     params = PublishParams(commercial_only=commercial_only, include_unknown_license=include_unknown_license)
     try:
         result = publish(build, out, params, default_catalog())
-        hub = push_both(result, push_to_hub) if push_to_hub else {}
-    except (ValueError, PushError) as exc:
+    except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     except OSError as exc:
@@ -736,5 +750,32 @@ def export(
         raise typer.Exit(OUTPUT_FAILED) from None
     for source, why in result.excluded.items():
         console.print(f"left out {source}: {why}", soft_wrap=True)
-    print_published({"folders": {"m3e-hq": result.m3e_hq.folder, "m3e-hq-with-score": result.with_score.folder},
-                     "hub": hub})
+    print_published({"folders": {"m3e-hq": result.m3e_hq.folder, "m3e-hq-with-score": result.with_score.folder}})
+    if push_to_hub:
+        try:
+            print_published({"folders": {}, "hub": push_both(out, push_to_hub)})
+        except PushError as exc:
+            fail_push(str(exc), out, push_to_hub)
+
+
+@app.command()
+def push(
+    repo_id: Annotated[str, typer.Argument(metavar="ORG/NAME", help="m3e-hq goes to ORG/NAME, m3e-hq-with-score to "
+                                           "ORG/NAME-with-score")],
+    folder: Annotated[Path | None, typer.Option(help="the folder holding the published m3e-hq/ and "
+                                                "m3e-hq-with-score/: a build's --out or an export's; default "
+                                                "data/build/full")] = None,
+) -> None:
+    """Upload the datasets a build or export published to the Hub, without building again.
+
+    Each folder is checked against its SHA256SUMS first. The token comes from HF_TOKEN (or `hf auth login`)."""
+    from m3e_hq.flows.pipeline.build import push_both
+    from m3e_hq.flows.pipeline.params import default_build_dir
+    from m3e_hq.flows.pipeline.push import PushError
+
+    try:
+        hub = push_both(folder or default_build_dir("full"), repo_id)
+    except PushError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(PUSH_FAILED) from None
+    print_published({"folders": {}, "hub": hub})

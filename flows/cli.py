@@ -766,9 +766,9 @@ def push(
                                                 "m3e-hq-with-score/: a build's --out or an export's; default "
                                                 "data/build/full")] = None,
 ) -> None:
-    """Upload the datasets a build or export published to the Hub, without building again.
+    """Upload published datasets to the Hub again; no build.
 
-    Each folder is checked against its SHA256SUMS first. The token comes from HF_TOKEN (or `hf auth login`)."""
+    E.g. after a failed --push-to-hub. Each folder is checked against its SHA256SUMS; token: HF_TOKEN or hf auth login."""
     from m3e_hq.flows.pipeline.build import push_both
     from m3e_hq.flows.pipeline.params import default_build_dir
     from m3e_hq.flows.pipeline.push import PushError

@@ -39,11 +39,13 @@ for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "f
 SERVER_STARTUP_SECONDS = 300
 SERVER_FAILED = 4  # exit status of a command whose temporary Prefect server did not start
 
-# Why a build output cannot be written: disk full or over quota, no permission, read-only, a file in the way.
-OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
-                           errno.EEXIST})
-OUTPUT_FAILED = 3  # exit status of a build stopped by an output that could not be written
+# Why a build output cannot be written: disk full or over quota, a file over the size limit, no permission,
+# read-only, a file in the way.
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS,
+                           errno.ENOTDIR, errno.EEXIST})
+OUTPUT_FAILED = 3  # exit status of a build or export stopped by an output that could not be written
 FOLDER_BUSY = 5  # exit status of a build whose folder another build holds
+PUSH_FAILED = 6  # exit status of a build, export or push whose upload to the Hub failed (published locally)
 
 app = typer.Typer(help="Build m3e-hq, the cleaned M3E Chinese text-pair dataset, from its 29 sources.",
                   no_args_is_help=True, add_completion=False)
@@ -469,7 +471,18 @@ def build(
     problem = summary["problem"]
     if problem:
         console.print(f"[red]error:[/red] {problem}", soft_wrap=True)
+    if "push_failed" in summary["published"]:
+        fail_push(summary["published"]["push_failed"], params.build_dir, params.push_to_hub)
+    if problem:
         raise typer.Exit(1)
+
+
+def fail_push(why: str, folder: Path, repo_id: str) -> NoReturn:
+    """Say that the upload failed, what is kept and how to retry it alone; exit PUSH_FAILED."""
+    console.print(f"[red]error:[/red] {escape(why)}. The datasets stay published in {folder / 'm3e-hq'} and "
+                  f"{folder / 'm3e-hq-with-score'}; retry the upload alone with `m3e-hq push {repo_id} --folder "
+                  f"{folder}`", soft_wrap=True)
+    raise typer.Exit(PUSH_FAILED)
 
 
 def output_problem(exc: OSError) -> bool:
@@ -506,18 +519,32 @@ def output_failure(exc: OSError, build_dir: Path, ran: bool) -> str:
     started (else no stage ran)."""
     where = Path(exc.filename) if exc.filename else build_dir
     option = "--out DIR" if where.is_relative_to(build_dir) else "--cache-dir DIR"
-    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    reason = os_reason(exc)
     again = "then run the command again: the stages that completed are not run again" if ran else \
         "then run the command again. No stage ran"
     return (f"cannot write {where}: {reason}. {remedy(exc, where)}, or choose another folder with "
             f"{option}, {again}. Nothing was published: the datasets in {build_dir} (if any) are as they were.")
 
 
+def os_reason(exc: OSError) -> str:
+    """Why a write failed: the errno's text, else the error's own."""
+    return os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc)
+
+
+def export_failure(exc: OSError, out: Path) -> str:
+    """What `m3e-hq export` could not write and why, what to do, and that nothing was published."""
+    where = Path(exc.filename) if exc.filename else out
+    return (f"cannot write {where}: {os_reason(exc)}. {remedy(exc, where)}, or choose another folder with --out DIR, "
+            f"then run the command again. Nothing was published: the datasets in {out} (if any) are as they were.")
+
+
 def remedy(exc: OSError, where: Path) -> str:
-    """What to do about an output that cannot be written at `where`: free space, remove a file in the way, or make
-    the folder writable."""
+    """What to do about an output that cannot be written at `where`: free space, allow larger files, remove a file
+    in the way, or make the folder writable."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "Free some space there"
+    if exc.errno == errno.EFBIG:
+        return "Raise the file-size limit (`ulimit -f`) or use a file system that takes larger files"
     if exc.errno in (errno.ENOTDIR, errno.EEXIST):
         in_the_way = next((p for p in (where, *where.parents) if p.exists() and not p.is_dir()), None)
         if in_the_way is not None:
@@ -707,14 +734,48 @@ def export(
     if not finished(build):
         console.print(f"[red]error:[/red] {escape(unfinished_build(build))}", soft_wrap=True)
         raise typer.Exit(2)
+    if push_to_hub and push_to_hub.count("/") != 1:
+        console.print(f"[red]error:[/red] --push-to-hub takes ORG/NAME, got {escape(repr(push_to_hub))}")
+        raise typer.Exit(2)
     params = PublishParams(commercial_only=commercial_only, include_unknown_license=include_unknown_license)
     try:
         result = publish(build, out, params, default_catalog())
-        hub = push_both(result, push_to_hub) if push_to_hub else {}
-    except (ValueError, PushError) as exc:
+    except ValueError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
+    except OSError as exc:
+        if not output_problem(exc):
+            raise
+        console.print(f"[red]error:[/red] {escape(export_failure(exc, out))}", soft_wrap=True)
+        raise typer.Exit(OUTPUT_FAILED) from None
     for source, why in result.excluded.items():
         console.print(f"left out {source}: {why}", soft_wrap=True)
-    print_published({"folders": {"m3e-hq": result.m3e_hq.folder, "m3e-hq-with-score": result.with_score.folder},
-                     "hub": hub})
+    print_published({"folders": {"m3e-hq": result.m3e_hq.folder, "m3e-hq-with-score": result.with_score.folder}})
+    if push_to_hub:
+        try:
+            print_published({"folders": {}, "hub": push_both(out, push_to_hub)})
+        except PushError as exc:
+            fail_push(str(exc), out, push_to_hub)
+
+
+@app.command()
+def push(
+    repo_id: Annotated[str, typer.Argument(metavar="ORG/NAME", help="m3e-hq goes to ORG/NAME, m3e-hq-with-score to "
+                                           "ORG/NAME-with-score")],
+    folder: Annotated[Path | None, typer.Option(help="the folder holding the published m3e-hq/ and "
+                                                "m3e-hq-with-score/: a build's --out or an export's; default "
+                                                "data/build/full")] = None,
+) -> None:
+    """Upload published datasets to the Hub again; no build.
+
+    E.g. after a failed --push-to-hub. Each folder is checked against its SHA256SUMS; token: HF_TOKEN or hf auth login."""
+    from m3e_hq.flows.pipeline.build import push_both
+    from m3e_hq.flows.pipeline.params import default_build_dir
+    from m3e_hq.flows.pipeline.push import PushError
+
+    try:
+        hub = push_both(folder or default_build_dir("full"), repo_id)
+    except PushError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(PUSH_FAILED) from None
+    print_published({"folders": {}, "hub": hub})

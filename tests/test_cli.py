@@ -108,9 +108,9 @@ def test_the_command_list_gives_each_command_one_line():
     done = m3e_hq("--help")
     assert done.returncode == 0
     listed = [line for line in done.stdout.splitlines() if re.match(r"│ [a-z]+ {2,}", line)]
-    assert [line.split()[1] for line in listed] == ["sources", "download", "build", "serve", "export"]
+    assert [line.split()[1] for line in listed] == ["sources", "download", "build", "serve", "export", "push"]
     rows = [line for line in done.stdout[done.stdout.index("Commands"):].splitlines() if line.startswith("│")]
-    assert len(rows) == 5  # no summary wraps or breaks onto a second line
+    assert len(rows) == 6  # no summary wraps or breaks onto a second line
 
 
 def test_build_help_lists_every_choice_and_the_ray_extra():

@@ -6,9 +6,9 @@
   an uninterrupted build byte for byte (but the cards' build date).
 - Two builds started on one build folder: the second refuses at once, in one line naming the process that holds
   the folder, and the first one is not disturbed.
-- A full disk (mid-stage or while publishing; tests/faulty_cli.py) and a build folder that cannot be written (in this
-  process): one clear error, exit status 3, no traceback, nothing partial published and the datasets published before
-  untouched.
+- A full disk (mid-stage or while publishing, pyarrow's and polars' errors; tests/faulty_cli.py), an export over the
+  file-size limit (RLIMIT_FSIZE) and a build folder that cannot be written (in this process): one clear error, exit
+  status 3, no traceback, nothing partial published and the datasets published before untouched.
 """
 
 import errno
@@ -257,18 +257,60 @@ def test_a_full_disk_mid_build_stops_it_with_one_clear_error(server, tiny_encode
     assert not any((out / name).exists() for name in DATASETS)
 
 
-def test_a_full_disk_while_publishing_leaves_the_published_datasets_as_they_were(server, tiny_encoder, tmp_path):
+# Where the disk fills while publishing the with-score set (m3e-hq was staged in full), and the file or folder the
+# error names: its triplets' Parquet shards (pyarrow's OSError, with an errno), or its JSON Lines exports (polars'
+# OSError, without one).
+PUBLISH_FAULTS = {"parquet": ("/triplets/", "m3e-hq-with-score/triplets"),
+                  "polars": ("/exports/uniem/", "m3e-hq-with-score/exports/uniem/")}
+
+
+@pytest.mark.parametrize("fault", PUBLISH_FAULTS)
+def test_a_full_disk_while_publishing_leaves_the_published_datasets_as_they_were(server, tiny_encoder, tmp_path,
+                                                                                  fault):
     out = tmp_path / "out"
     args = command(out, tiny_encoder, "-s", "ocnli,lcqmc,cmrc2018")
     done = run(server, args)
     assert done.returncode == 0, done.stdout + done.stderr
     before = {name: (out / name / "SHA256SUMS").read_bytes() for name in DATASETS}
 
-    done = run(server, args, {"M3E_HQ_FULL_DISK": ".m3e-hq-with-score.tmp-"})  # m3e-hq was staged in full
-    clear_error(done, "No space left on device", str(out))
+    marker, named = PUBLISH_FAULTS[fault]
+    done = run(server, args, {"M3E_HQ_FULL_DISK": marker})
+    clear_error(done, f"cannot write {out / named}", "No space left on device", "Free some space there", str(out))
     assert {name: (out / name / "SHA256SUMS").read_bytes() for name in DATASETS} == before
     assert all(verify(out / name) for name in DATASETS)
     assert not list(out.glob(".m3e-hq*"))  # no staged folder left behind
+
+
+def over_file_size_limit(limit: int, args: list[str]) -> list[str]:
+    """The CLI with `args`, every file it writes held to `limit` bytes (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a
+    longer write fails with EFBIG, as on a file system that takes no larger file)."""
+    limited = "import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]),) * 2); " \
+              "os.execv(sys.argv[2], sys.argv[2:])"
+    return [sys.executable, "-c", limited, str(limit), str(BIN / "m3e-hq"), *args]
+
+
+def test_an_export_whose_files_cannot_be_written_leaves_the_exported_datasets_as_they_were(server, tiny_encoder,
+                                                                                          tmp_path):
+    out, exported = tmp_path / "out", tmp_path / "exported"
+    done = run(server, command(out, tiny_encoder, "-s", "ocnli,lcqmc"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    export = ["export", "--build", str(out), "--out", str(exported)]
+    assert run(server, export).returncode == 0
+    before = {name: (exported / name / "SHA256SUMS").read_bytes() for name in DATASETS}
+
+    done = subprocess.run(over_file_size_limit(100, export), env=server.env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == 3 and "Traceback" not in output, output
+    [error] = [line for line in output.splitlines() if line.startswith("error:")]
+    for words in (f"cannot write {exported / 'm3e-hq'}/", ": File too large. Raise the file-size limit (`ulimit -f`)",
+                  "--out DIR", f"Nothing was published: the datasets in {exported} (if any) are as they were."):
+        assert words in error, error
+    assert {name: (exported / name / "SHA256SUMS").read_bytes() for name in DATASETS} == before
+    assert all(verify(exported / name) for name in DATASETS)
+    assert not list(exported.glob(".m3e-hq*"))  # no staged folder left behind
+    assert run(server, export).returncode == 0
+    assert not list(exported.glob(".m3e-hq*"))
 
 
 @pytest.mark.parametrize("fault", ["read-only folder", "a file in the way"])

@@ -7,6 +7,8 @@ import json
 import math
 import re
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -693,3 +695,30 @@ def test_the_card_loads_without_warnings_and_says_what_it_was_built_from(publish
     demo = publish(tmp_path / "demo", tmp_path / "demo-out", PublishParams(plots=False), catalog)
     card = (demo.with_score.folder / "README.md").read_text(encoding="utf-8")
     assert f"demo encoder `{DEFAULT_ENCODER}`" in card and "[UNK]" in card
+
+
+POLARS_OVER_LIMIT = """
+import resource, sys
+from pathlib import Path
+import polars as pl
+from m3e_hq.flows.core.accounting import OutputError, writing
+resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))  # Python ignores SIGXFSZ: a longer write fails with EFBIG
+path, lines = Path(sys.argv[1]), pl.DataFrame({"text": ["字" * 100] * 10})
+try:
+    lines.write_ndjson(path)
+except OSError as exc:
+    print(exc.errno, exc)
+try:
+    with writing(path):
+        lines.write_ndjson(path)
+except OutputError as exc:
+    print(exc.errno, exc.strerror, exc.filename)
+"""
+
+
+def test_polars_write_errors_carry_no_errno_and_become_output_errors_with_theirs(tmp_path):
+    path = tmp_path / "exports" / "ocnli.jsonl"
+    path.parent.mkdir()
+    done = subprocess.run([sys.executable, "-c", POLARS_OVER_LIMIT, str(path)], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.splitlines() == ["None File too large (os error 27)", f"27 File too large {path}"]

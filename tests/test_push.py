@@ -1,11 +1,15 @@
-"""Uploading a published dataset folder (flows.pipeline.push) to the local Hub stand-in, and refusing unfinished folders."""
+"""Uploading a published dataset folder (flows.pipeline.push) to the local Hub stand-in, refusing unfinished folders,
+and a failed upload at the end of `m3e-hq build` and `m3e-hq export` (the real CLI, in a subprocess)."""
 
 import hashlib
 import logging
+import subprocess
+from pathlib import Path
 
 import pytest
 from huggingface_hub import snapshot_download
 from mockhub import MockHub
+from prefect_server import BIN
 
 from m3e_hq.flows.pipeline.push import CHECKSUMS, PushError, push_to_hub, verify
 
@@ -88,3 +92,75 @@ def test_cli_export_commercial_only_and_push(hub, samples_build, catalog, tmp_pa
         snapshot_download(repo, repo_type="dataset", local_dir=pulled, endpoint=hub.url)
         assert (pulled / CHECKSUMS).read_bytes() == (folder / CHECKSUMS).read_bytes()
         assert f"uploaded {repo}:" in result.output
+
+
+# --- a failed upload through the real CLI: the build's summary, the local datasets, one line, how to retry ---------
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "m3e-hq"), *args], env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
+
+
+def failed_push(done: subprocess.CompletedProcess) -> str:
+    """The one error line of a command whose upload failed (exit status 6, no traceback)."""
+    output = done.stdout + done.stderr
+    assert done.returncode == 6 and "Traceback" not in output, output
+    [error] = [line for line in output.splitlines() if line.startswith("error:")]
+    return error
+
+
+def hub_env(server, hub, tmp_path, token: str | None) -> dict[str, str]:
+    """The CLI's environment: the Prefect server, the local Hub (not offline), no stored login, and `token` as
+    HF_TOKEN."""
+    env = {k: v for k, v in server.env.items() if k not in ("HF_TOKEN", "HF_HUB_OFFLINE")}
+    return {**env, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"), **({"HF_TOKEN": token} if token
+                                                                                    else {})}
+
+
+def test_a_build_whose_push_is_refused_keeps_its_datasets_and_says_how_to_push_again(server, hub, tiny_encoder,
+                                                                                     tmp_path):
+    out = tmp_path / "out"
+    build = ["build", "--samples", "-s", "ocnli,lcqmc", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+             "--encoder", str(tiny_encoder), "--push-to-hub", "org/m3e-hq"]
+    done = cli(hub_env(server, hub, tmp_path, None), *build)  # no token: the Hub answers 401
+    error = failed_push(done)
+    assert "rows per stage" in done.stdout and f"m3e-hq: {out / 'm3e-hq'}" in done.stdout  # the summary
+    assert error == (f"error: uploading {out / 'm3e-hq'} to org/m3e-hq failed: HTTP 401 Unauthorized (Invalid "
+                     "credentials); no valid token: set HF_TOKEN to a token with write access (or log in with `hf "
+                     f"auth login`). The datasets stay published in {out / 'm3e-hq'} and {out / 'm3e-hq-with-score'}"
+                     f"; retry the upload alone with `m3e-hq push org/m3e-hq --folder {out}`")
+    assert all(verify(out / name) for name in ("m3e-hq", "m3e-hq-with-score"))
+    assert "org/m3e-hq" not in hub.repos
+
+    again = cli(hub_env(server, hub, tmp_path, TOKEN), "push", "org/m3e-hq", "--folder", str(out))
+    assert again.returncode == 0, again.stdout + again.stderr
+    for name, repo in (("m3e-hq", "org/m3e-hq"), ("m3e-hq-with-score", "org/m3e-hq-with-score")):
+        assert f"uploaded {repo}: {hub.url}/datasets/{repo}/commit/" in again.stdout
+        pulled = snapshot_download(repo, repo_type="dataset", local_dir=tmp_path / "pulled" / name,
+                                   endpoint=hub.url)
+        assert (Path(pulled) / CHECKSUMS).read_bytes() == (out / name / CHECKSUMS).read_bytes()
+    assert TOKEN not in done.stdout + done.stderr + again.stdout + again.stderr
+
+
+def test_an_export_whose_second_upload_fails_says_which_and_one_without_network_too(server, hub, samples_build,
+                                                                                      tmp_path):
+    hub.refuse.add("POST /api/datasets/org/m3e-hq-with-score/commit/main")
+    out = tmp_path / "export"
+    env = hub_env(server, hub, tmp_path, TOKEN)
+    error = failed_push(cli(env, "export", "--build", samples_build["build_dir"], "--out", str(out),
+                            "--push-to-hub", "org/m3e-hq"))
+    assert error.startswith(f"error: uploading {out / 'm3e-hq-with-score'} to org/m3e-hq-with-score failed: HTTP 403 "
+                            "Forbidden (You don't have the rights to write to this repository); the token may not "
+                            "write there")
+    assert error.endswith(f" (org/m3e-hq was uploaded). The datasets stay published in {out / 'm3e-hq'} and "
+                          f"{out / 'm3e-hq-with-score'}; retry the upload alone with `m3e-hq push org/m3e-hq "
+                          f"--folder {out}`")
+    assert all(verify(out / name) for name in ("m3e-hq", "m3e-hq-with-score"))
+
+    error = failed_push(cli({**env, "HF_ENDPOINT": "http://hub.invalid"}, "push", "org/m3e-hq", "--folder", str(out)))
+    assert error == (f"error: uploading {out / 'm3e-hq'} to org/m3e-hq failed: no network: cannot resolve the host of "
+                     "http://hub.invalid; check the connection or HF_ENDPOINT")
+    error = failed_push(cli({**env, "HF_HUB_OFFLINE": "1"}, "push", "org/m3e-hq", "--folder", str(out)))
+    assert error == (f"error: uploading {out / 'm3e-hq'} to org/m3e-hq failed: HF_HUB_OFFLINE is set, which allows "
+                     "no upload: unset it")

@@ -7,6 +7,7 @@ counts that go into the manifest. For every stage and source: rows read = rows k
 
 import json
 import os
+import re
 import tempfile
 import time
 from collections import Counter
@@ -36,16 +37,32 @@ class OutputError(OSError):
     whatever source it was writing, since every other output would fail alike."""
 
 
+# The errno in the message of an error that does not carry one: polars' "File too large (os error 27)", pyarrow's
+# "Detail: [errno 28] No space left on device".
+ERRNO_IN_MESSAGE = re.compile(r"\((?:os error|errno) (\d+)\)|\[errno (\d+)\]", re.IGNORECASE)
+
+
 @contextmanager
 def writing(path: Path) -> Iterator[None]:
-    """Raise an OSError met in the block as an OutputError naming `path` (and keeping the errno)."""
+    """Raise an OSError met in the block as an OutputError naming `path` (and keeping the errno), and so an error of
+    another kind whose message holds an errno (polars writes OSError("... (os error 28)") without one, or its own
+    ComputeError)."""
     try:
         yield
     except OutputError:
         raise
-    except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise OutputError(exc.errno, reason, str(path)) from exc
+    except Exception as exc:
+        code = exc.errno if isinstance(exc, OSError) and exc.errno else message_errno(str(exc))
+        if not isinstance(exc, OSError) and code is None:
+            raise
+        reason = os.strerror(code) if code else " ".join(str(exc).split()) or type(exc).__name__
+        raise OutputError(code, reason, str(path)) from exc
+
+
+def message_errno(message: str) -> int | None:
+    """The errno an error's message names, if any."""
+    match = ERRNO_IN_MESSAGE.search(message)
+    return int(match[1] or match[2]) if match else None
 
 
 def check_writable(folder: Path) -> None:

@@ -62,13 +62,13 @@ from m3e_hq.flows.pipeline.artifacts import publish_artifacts
 from m3e_hq.flows.pipeline.download import obtain_mapped, obtain_sources
 from m3e_hq.flows.pipeline.lock import build_lock
 from m3e_hq.flows.pipeline.params import BuildParams
-from m3e_hq.flows.pipeline.push import push_to_hub
+from m3e_hq.flows.pipeline.push import PushError, push_to_hub
 from m3e_hq.flows.pipeline.suspect import Suspicion, suspicion
 from m3e_hq.flows.stages.dedup import DEDUP
 from m3e_hq.flows.stages.filters import FILTER
 from m3e_hq.flows.stages.ingest import INGEST
 from m3e_hq.flows.stages.mine import MINE
-from m3e_hq.flows.stages.publish import PublishResult, publish
+from m3e_hq.flows.stages.publish import M3E_HQ, WITH_SCORE, publish
 from m3e_hq.schemas import SourceStatus
 from m3e_hq.sources.catalog import ManualObtain, Source, default_catalog
 from m3e_hq.sources.fetch import Obtained, manual_guidance
@@ -196,7 +196,7 @@ def finish(params: BuildParams, results: list[SourceResult], run: PipelineRun) -
 
 def release(params: BuildParams, summary: dict[str, Any]) -> dict[str, Any]:
     """Publish m3e-hq and m3e-hq-with-score into the build folder (and to the Hub when asked); the summary with the
-    published folders (and commit URLs)."""
+    published folders (and commit URLs, or `push_failed`: why the upload failed, the datasets staying published)."""
     kept = {stage: sum(c.kept for c in summary["stages"][stage]) for stage in (DEDUP.name, MINE.name)}
     if not all(kept.values()):
         return {**summary, "published": {"folders": {}, "skipped": f"nothing to publish: {kept[DEDUP.name]} rows "
@@ -205,7 +205,10 @@ def release(params: BuildParams, summary: dict[str, Any]) -> dict[str, Any]:
     result = publish(params.build_dir, params.build_dir, params.publish, default_catalog())
     published = {"folders": {"m3e-hq": str(result.m3e_hq.folder), "m3e-hq-with-score": str(result.with_score.folder)}}
     if params.push_to_hub:
-        published["hub"] = push_both(result, params.push_to_hub)
+        try:
+            published["hub"] = push_both(params.build_dir, params.push_to_hub)
+        except PushError as exc:
+            published["push_failed"] = str(exc)
     return {**summary, "published": published}
 
 
@@ -231,10 +234,16 @@ def built_text(summary: dict[str, Any]) -> str:
     return f"{len(built)} of {len(summary['results'])} sources were built and published: {', '.join(built)}"
 
 
-def push_both(result: PublishResult, repo_id: str) -> dict[str, str]:
-    """Upload m3e-hq to `repo_id` and m3e-hq-with-score to `repo_id`-with-score; their commit URLs."""
-    return {repo_id: push_to_hub(result.m3e_hq.folder, repo_id),
-            f"{repo_id}-with-score": push_to_hub(result.with_score.folder, f"{repo_id}-with-score")}
+def push_both(folder: Path, repo_id: str) -> dict[str, str]:
+    """Upload `folder`/m3e-hq to `repo_id` and `folder`/m3e-hq-with-score to `repo_id`-with-score; their commit
+    URLs. A PushError says which upload failed, and which was done before."""
+    urls: dict[str, str] = {}
+    for name, repo in ((M3E_HQ, repo_id), (WITH_SCORE, f"{repo_id}-with-score")):
+        try:
+            urls[repo] = push_to_hub(folder / name, repo)
+        except PushError as exc:
+            raise PushError(f"{exc} ({repo_id} was uploaded)" if urls else str(exc)) from exc.__cause__
+    return urls
 
 
 class SuspectSourcesError(RuntimeError):

@@ -9,12 +9,20 @@ import hashlib
 import logging
 from pathlib import Path
 
+import httpx2
 from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from m3e_hq.sources.download_hub import endpoint, headers
+from m3e_hq.sources.download_hub import endpoint, headers, unresolved
 
 CHECKSUMS = "SHA256SUMS"
 log = logging.getLogger("m3e_hq.push")
+# What an HTTP status of the Hub means for an upload, and what to do.
+STATUS_HINTS = {401: "no valid token: set HF_TOKEN to a token with write access (or log in with `hf auth login`)",
+                403: "the token may not write there: use a write token of an account that may create repos in that "
+                     "organisation",
+                404: "no such repo or organisation there: check ORG/NAME and HF_ENDPOINT",
+                429: "the Hub is rate-limiting: wait and retry"}
 
 
 class PushError(RuntimeError):
@@ -44,7 +52,7 @@ def verify(folder: Path) -> int:
 def push_to_hub(folder: Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
     """Create the dataset repo `repo_id` (ORG/NAME) if needed and upload `folder` as one commit; its commit URL."""
     if repo_id.count("/") != 1:
-        raise PushError(f"--push-to-hub takes ORG/NAME, got {repo_id!r}")
+        raise PushError(f"a dataset repo is named ORG/NAME, got {repo_id!r}")
     files = verify(folder)
     api = HfApi(endpoint=endpoint(), token=token, headers=headers())
     try:
@@ -52,6 +60,24 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False, token: str | 
         commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",
                                    commit_message=f"Upload {folder.name} ({files} files) from m3e-hq builder")
     except Exception as exc:
-        raise PushError(f"uploading {folder} to {repo_id} failed: {type(exc).__name__}: {exc}") from exc
+        raise PushError(f"uploading {folder} to {repo_id} failed: {refusal(exc)}") from exc
     log.info("uploaded %s to %s (%d files)", folder, repo_id, files)
     return str(commit.commit_url)
+
+
+def refusal(exc: Exception) -> str:
+    """Why the Hub did not take an upload, in one line with what to do: an HTTP status, offline mode, no network,
+    or the error."""
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        status = exc.response.status_code
+        said = " ".join((exc.server_message or "").split())
+        hint = STATUS_HINTS.get(status, "the Hub failed: retry later" if status >= 500 else "see the Hub's answer")
+        return f"HTTP {status} {exc.response.reason_phrase}" + (f" ({said})" if said else "") + f"; {hint}"
+    host = endpoint() or "https://huggingface.co"
+    if isinstance(exc, OfflineModeIsEnabled):
+        return "HF_HUB_OFFLINE is set, which allows no upload: unset it"
+    if unresolved(exc):
+        return f"no network: cannot resolve the host of {host}; check the connection or HF_ENDPOINT"
+    if isinstance(exc, httpx2.TransportError):
+        return f"cannot reach {host} ({type(exc).__name__}: {' '.join(str(exc).split())}); check the connection"
+    return " ".join(f"{type(exc).__name__}: {exc}".split())

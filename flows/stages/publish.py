@@ -36,6 +36,7 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from m3e_hq.flows.core.accounting import OutputError, writing
 from m3e_hq.flows.core.lineage import difference, read_record, without_record
 from m3e_hq.flows.core.model_names import DEFAULT_ENCODER
 from m3e_hq.flows.core.publish_params import PublishParams
@@ -216,15 +217,16 @@ class ShardWriter:
         table = table.cast(self.schema)
         self.num_bytes += table.nbytes
         while table.num_rows:
-            if self.writer is None:
-                self._open()
-            take = min(self.shard_rows - self.in_shard, table.num_rows)
-            self.writer.write_table(table.slice(0, take))
-            self.in_shard += take
-            self.rows += take
-            table = table.slice(take)
-            if self.in_shard == self.shard_rows:
-                self._close_shard()
+            with writing(self.folder):
+                if self.writer is None:
+                    self._open()
+                take = min(self.shard_rows - self.in_shard, table.num_rows)
+                self.writer.write_table(table.slice(0, take))
+                self.in_shard += take
+                self.rows += take
+                table = table.slice(take)
+                if self.in_shard == self.shard_rows:
+                    self._close_shard()
 
     def _open(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -239,10 +241,11 @@ class ShardWriter:
 
     def close(self) -> None:
         """Close the last shard and give every shard its final name (the count is known only now)."""
-        self._close_shard()
-        n = len(self.shards)
-        for i, shard in enumerate(self.shards):
-            shard.rename(self.folder / f"train-{i:05d}-of-{n:05d}.parquet")
+        with writing(self.folder):
+            self._close_shard()
+            n = len(self.shards)
+            for i, shard in enumerate(self.shards):
+                shard.rename(self.folder / f"train-{i:05d}-of-{n:05d}.parquet")
 
 
 class ShuffledWriter:
@@ -269,10 +272,11 @@ class ShuffledWriter:
 
     def _spill(self, b: int) -> None:
         part = pa.concat_tables(self.pending[b])
-        if b not in self.spilled:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self.spilled[b] = pq.ParquetWriter(self._spill_path(b), part.schema)
-        self.spilled[b].write_table(part)
+        with writing(self._spill_path(b)):
+            if b not in self.spilled:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self.spilled[b] = pq.ParquetWriter(self._spill_path(b), part.schema)
+            self.spilled[b].write_table(part)
         self.pending[b] = []
 
     def _spill_path(self, b: int) -> Path:
@@ -283,9 +287,10 @@ class ShuffledWriter:
         for b in range(self.buckets):
             parts = []
             if b in self.spilled:
-                self.spilled.pop(b).close()
-                parts.append(pq.read_table(self._spill_path(b)))
-                self._spill_path(b).unlink()
+                with writing(self._spill_path(b)):
+                    self.spilled.pop(b).close()
+                    parts.append(pq.read_table(self._spill_path(b)))
+                    self._spill_path(b).unlink()
             parts += self.pending[b]
             self.pending[b] = []
             if parts:
@@ -303,24 +308,38 @@ def publish(build_dir: Path, out_dir: Path, params: PublishParams, catalog: Cata
     manifest = read_manifest(build_dir)
     sources, excluded = plan_sources(manifest, catalog, params)
     check_made_from(build_dir, manifest, sources)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (M3E_HQ, WITH_SCORE):
-        recover(out_dir / name)
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in (M3E_HQ, WITH_SCORE):
+            recover(out_dir / name)
     staged: dict[str, Path] = {}
     try:  # on success the staged folders have been renamed away and the clean-up finds nothing
         for name in (M3E_HQ, WITH_SCORE):
             staged[name] = out_dir / f".{name}.tmp-{uuid4().hex[:12]}"
-            staged[name].mkdir()
+            with writing(out_dir / name):
+                staged[name].mkdir()
         plain = write_m3e_hq(staged[M3E_HQ], build_dir, manifest, catalog, params, sources, excluded)
         scored, scale, teachers = write_with_score(staged[WITH_SCORE], build_dir, manifest, catalog, params,
                                                    sources, excluded)
         for name, folder in staged.items():
-            swap_in(folder, out_dir / name)
+            with writing(out_dir / name):
+                swap_in(folder, out_dir / name)
+    except OutputError as exc:
+        raise final_names(exc, staged, out_dir) from exc.__cause__
     finally:
         for folder in staged.values():
             shutil.rmtree(folder, ignore_errors=True)
     plain.folder, scored.folder = out_dir / M3E_HQ, out_dir / WITH_SCORE
     return PublishResult(plain, scored, sources, excluded, params.commercial_only, scale.text, teachers)
+
+
+def final_names(exc: OutputError, staged: dict[str, Path], out_dir: Path) -> OutputError:
+    """`exc` naming the file it could not write by its place in the dataset folder's final name (the staged folder
+    it was in is removed)."""
+    where = Path(exc.filename)
+    folder = next((out_dir / name / where.relative_to(f) for name, f in staged.items() if where.is_relative_to(f)),
+                  where)
+    return OutputError(exc.errno, exc.strerror, str(folder))
 
 
 def read_manifest(build_dir: Path) -> Manifest:
@@ -551,9 +570,10 @@ class ScoredSinks:
         if not lines.height:
             return
         path = self.folder / "exports" / kind / f"{source}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("ab") as f:
-            lines.write_ndjson(f)
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("ab") as f:
+                lines.write_ndjson(f)
         counts = self.exports.setdefault(source, {})
         counts[kind] = counts.get(kind, 0) + lines.height
 
@@ -696,11 +716,17 @@ def write_with_score(folder: Path, build_dir: Path, manifest: Manifest, catalog:
 def finish(folder: Path, facts: Facts, manifest: Manifest, catalog: Catalog,
            params: PublishParams) -> PublishedDataset:
     """Write the card, then the checksums of every file."""
-    (folder / "README.md").write_text(card(facts, manifest, catalog, params), encoding="utf-8")
-    (folder / LICENSES_NAME).write_text(licences_section(facts, catalog) + "\n", encoding="utf-8")
+    write_text(folder / "README.md", card(facts, manifest, catalog, params))
+    write_text(folder / LICENSES_NAME, licences_section(facts, catalog) + "\n")
     commercial = next((c.sources for c in facts.configs if c.name == COMMERCIAL), [])
     return PublishedDataset(folder, {c.name: c.rows for c in facts.configs}, facts.source_rows, commercial,
                             write_sums(folder))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a UTF-8 text file; OutputError when it cannot be written."""
+    with writing(path):
+        path.write_text(text, encoding="utf-8")
 
 
 def sha256(path: Path) -> str:
@@ -712,7 +738,7 @@ def write_sums(folder: Path) -> dict[str, str]:
     """`SHA256SUMS` (sha256sum's format) for every other file in `folder`; returns path -> sha256."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != SUMS_NAME)
     sums = {p.relative_to(folder).as_posix(): sha256(p) for p in files}
-    (folder / SUMS_NAME).write_text("".join(f"{digest}  {rel}\n" for rel, digest in sums.items()), encoding="utf-8")
+    write_text(folder / SUMS_NAME, "".join(f"{digest}  {rel}\n" for rel, digest in sums.items()))
     return sums
 
 
@@ -748,9 +774,10 @@ def swap_in(staged: Path, final: Path) -> None:
 def save(fig: Figure, folder: Path, name: str) -> str:
     """Write `fig` as `plots/<name>`; returns the path in the folder."""
     path = folder / "plots" / name
-    path.parent.mkdir(exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=100)
+    with writing(path):
+        path.parent.mkdir(exist_ok=True)
+        fig.savefig(path, dpi=100)
     return path.relative_to(folder).as_posix()
 
 

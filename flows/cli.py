@@ -134,8 +134,8 @@ def option_value(field: "CliField", value: Any) -> Any:
 
 class Deferred(TyperCommand):
     """A command that takes options of `m3e-hq build`: its click command is made when it runs or shows its help.
-    Those options come from BuildParams, whose stage models import numba, polars and datasets with their modules;
-    `m3e-hq --help`, `m3e-hq sources` and a mistyped command do not wait for them."""
+    Those options come from BuildParams, which imports the catalog (pyarrow through the schemas); `m3e-hq --help`,
+    `m3e-hq sources` and a mistyped command do not wait for it."""
 
     def make_context(self, info_name: str | None, args: list[str], parent: typer.Context | None = None,
                      **extra: Any) -> typer.Context:
@@ -403,7 +403,6 @@ def build(
     options given."""
     from pydantic import ValidationError
 
-    from m3e_hq.flows.pipeline.download import MissingSourcesError
     from m3e_hq.flows.pipeline.params import BuildParams
 
     # The options given on the command line (typer vendors click, whose ParameterSource it does not export).
@@ -424,6 +423,7 @@ def build(
     from m3e_hq import progress
     from m3e_hq.flows.core.accounting import check_writable
     from m3e_hq.flows.pipeline.build import SuspectSourcesError, TaskRunnerError, build_m3e_hq, task_runner
+    from m3e_hq.flows.pipeline.download import MissingSourcesError
     from m3e_hq.flows.pipeline.lock import BuildFolderBusy, build_lock
 
     try:

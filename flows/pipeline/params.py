@@ -15,10 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.fields import FieldInfo
 
 from m3e_hq.flows.core.clean import DEFAULT_MAX_CHARS
+from m3e_hq.flows.core.dedup_params import DedupParams
+from m3e_hq.flows.core.filter_params import FilterParams
+from m3e_hq.flows.core.mine_params import MineParams
 from m3e_hq.flows.core.publish_params import PublishParams
-from m3e_hq.flows.stages.dedup import DedupParams
-from m3e_hq.flows.stages.filters import FilterParams
-from m3e_hq.flows.stages.mine import MineParams
 from m3e_hq.sources import cache
 from m3e_hq.sources.catalog import default_catalog
 from m3e_hq.sources.layout import SAMPLES_DIR

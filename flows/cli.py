@@ -646,7 +646,7 @@ def serve(
 ) -> None:
     """Serve the Prefect deployment build-m3e-hq/build-m3e-hq.
 
-    It runs until interrupted. Needs a Prefect server (`prefect server start`) and PREFECT_API_URL set (http://127.0.0.1:4200/api)."""
+    It runs until SIGTERM or Ctrl-C, which cancel the runs in progress. Needs a Prefect server (`prefect server start`) and PREFECT_API_URL set (http://127.0.0.1:4200/api)."""
     from m3e_hq.flows.pipeline.deploy import RUN_EXAMPLE, ServeError, check_api
     from m3e_hq.flows.pipeline.deploy import serve as serve_deployment
 

@@ -1,4 +1,5 @@
-"""CLI start-up benchmark: `m3e-hq --help`, `m3e-hq sources` and argument errors, as subprocesses, against baselines
+"""CLI start-up benchmark: `m3e-hq --help`, `m3e-hq sources`, `m3e-hq build --help` and argument errors (a build
+option and a `--config` value among them), as subprocesses, against baselines
 run in the same session: `python -c pass` (the interpreter alone) and the import of the module set `flows/cli.py`
 imported eagerly before issue 17 (BuildParams with the stage models, sources.fetch, typer and rich).
 
@@ -18,13 +19,16 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
 PYTHON = sys.executable
-# The modules flows/cli.py imported at its top level before its heavy imports moved into the commands.
-EAGER = ("import typer, rich.table, m3e_hq.flows.pipeline.params, m3e_hq.sources.cache, m3e_hq.sources.catalog, "
+# The modules flows/cli.py imported at its top level before its heavy imports moved into the commands (BuildParams
+# then imported the stage modules for their parameter models).
+EAGER = ("import typer, rich.table, m3e_hq.flows.pipeline.params, m3e_hq.flows.stages.dedup, "
+         "m3e_hq.flows.stages.filters, m3e_hq.flows.stages.mine, m3e_hq.sources.cache, m3e_hq.sources.catalog, "
          "m3e_hq.sources.fetch")
 RUN_SOURCES = "import sys; from m3e_hq.flows.cli import app; sys.argv = ['m3e-hq', 'sources']; app()"
 CASES = {
@@ -35,7 +39,10 @@ CASES = {
     "m3e-hq sources --bogus (argument error)": [str(BIN / "m3e-hq"), "sources", "--bogus"],
     "m3e-hq buidl (no such command)": [str(BIN / "m3e-hq"), "buidl"],
     "m3e-hq build --help": [str(BIN / "m3e-hq"), "build", "--help"],
+    "m3e-hq build --bogus (option error)": [str(BIN / "m3e-hq"), "build", "--bogus"],
+    "m3e-hq build --config (invalid value)": [str(BIN / "m3e-hq"), "build", "--config", "CONFIG"],
 }
+BAD_CONFIG = '{"sources": ["nosuch"]}\n'  # the --config file of the invalid-value case
 BASELINES = ("python -c pass", "import of the old eager set")
 
 
@@ -74,7 +81,11 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12, help="modules listed per import profile (default 12)")
     args = parser.parse_args()
 
-    figures = {name: measure(command, args.repeats) for name, command in CASES.items()}
+    with tempfile.TemporaryDirectory() as folder:
+        config = Path(folder) / "config.json"
+        config.write_text(BAD_CONFIG, encoding="utf-8")
+        figures = {name: measure([str(config) if part == "CONFIG" else part for part in command], args.repeats)
+                   for name, command in CASES.items()}
     print(f"{'command':<42} {'wall median':>11} {'wall min':>9} {'CPU median':>10} {'CPU min':>8}   "
           f"CPU vs eager import   CPU vs python")
     eager, bare = figures[BASELINES[1]]["cpu_median"], figures[BASELINES[0]]["cpu_median"]

@@ -136,8 +136,8 @@ def option_value(field: "CliField", value: Any) -> Any:
 
 class Deferred(TyperCommand):
     """A command that takes options of `m3e-hq build`: its click command is made when it runs or shows its help.
-    Those options come from BuildParams, whose stage models import numba, polars and datasets with their modules;
-    `m3e-hq --help`, `m3e-hq sources` and a mistyped command do not wait for them."""
+    Those options come from BuildParams, which imports the catalog (pyarrow through the schemas); `m3e-hq --help`,
+    `m3e-hq sources` and a mistyped command do not wait for it."""
 
     def make_context(self, info_name: str | None, args: list[str], parent: typer.Context | None = None,
                      **extra: Any) -> typer.Context:
@@ -405,7 +405,6 @@ def build(
     options given."""
     from pydantic import ValidationError
 
-    from m3e_hq.flows.pipeline.download import MissingSourcesError
     from m3e_hq.flows.pipeline.params import BuildParams
 
     # The options given on the command line (typer vendors click, whose ParameterSource it does not export).
@@ -426,6 +425,7 @@ def build(
     from m3e_hq import progress
     from m3e_hq.flows.core.accounting import check_writable
     from m3e_hq.flows.pipeline.build import SuspectSourcesError, TaskRunnerError, build_m3e_hq, task_runner
+    from m3e_hq.flows.pipeline.download import MissingSourcesError
     from m3e_hq.flows.pipeline.lock import BuildFolderBusy, build_lock
 
     try:
@@ -673,7 +673,7 @@ def serve(
 ) -> None:
     """Serve the Prefect deployment build-m3e-hq/build-m3e-hq.
 
-    It runs until interrupted. Needs a Prefect server (`prefect server start`) and PREFECT_API_URL set (http://127.0.0.1:4200/api)."""
+    It runs until SIGTERM or Ctrl-C, which cancel the runs in progress. Needs a Prefect server (`prefect server start`) and PREFECT_API_URL set (http://127.0.0.1:4200/api)."""
     from m3e_hq.flows.pipeline.deploy import RUN_EXAMPLE, ServeError, check_api
     from m3e_hq.flows.pipeline.deploy import serve as serve_deployment
 

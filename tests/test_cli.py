@@ -96,6 +96,17 @@ def test_sources_imports_neither_the_stages_nor_prefect():
     assert set(heavy_imported("sources")) <= {"huggingface_hub", "pyarrow"}
 
 
+@pytest.mark.parametrize("args", [["build", "--help"], ["build", "--bogus"], ["build", "--max-chars", "0"],
+                                  ["build", "--config", "CONFIG"]], ids=" ".join)
+def test_build_help_and_its_argument_errors_import_no_stage_and_no_prefect(args, tmp_path):
+    # build's options are BuildParams' fields, whose models are light (flows/core/*_params.py); the catalog that
+    # checks source names imports pyarrow through the schemas.
+    config = tmp_path / "config.json"
+    config.write_text('{"sources": ["nosuch"]}', encoding="utf-8")
+    args = [str(config) if arg == "CONFIG" else arg for arg in args]
+    assert set(heavy_imported(*args)) <= {"pyarrow", "m3e_hq.flows.pipeline.params"}
+
+
 def test_the_deferred_commands_take_their_options_when_run():
     done = m3e_hq("download", "--bogus")
     assert done.returncode == 2 and "No such option: --bogus" in done.stderr

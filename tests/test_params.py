@@ -2,6 +2,7 @@
 the options given win over it, errors name the file and field, and the flow and the deployment take BuildParams."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -9,12 +10,14 @@ import yaml
 from prefect.exceptions import ParameterTypeError
 from prefect.utilities.callables import parameter_schema
 from prefect.utilities.schema_tools.validation import ValidationError, validate
+from pydantic import ValidationError as PydanticValidationError
 from typer.testing import CliRunner
 
 from m3e_hq.flows.cli import app, build_options, full_command
 from m3e_hq.flows.pipeline import build as build_module
 from m3e_hq.flows.pipeline.build import build_m3e_hq
 from m3e_hq.flows.pipeline.params import BuildParams, cli_fields
+from m3e_hq.sources.catalog import default_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 # The options `m3e-hq build` had before they were derived, each with the field it sets.
@@ -169,3 +172,18 @@ def test_the_deployment_schema_is_build_params_and_prefect_yaml_fits_it():
     [deployment] = yaml.safe_load((ROOT / "prefect.yaml").read_text(encoding="utf-8"))["deployments"]
     validate(deployment["parameters"], schema, raise_on_error=True)
     assert BuildParams.model_validate(deployment["parameters"]["params"]) == BuildParams()
+
+
+def test_the_deployment_schema_accepts_the_source_names_build_params_accepts():
+    schema = parameter_schema(build_m3e_hq).model_dump_for_openapi()
+    catalog = default_catalog()
+    names = [n for s in catalog.sources for n in (s.name, *s.aliases)]
+    given = [form for n in names for form in (n, n.lower(), n.upper(), n.swapcase(), n.title())]
+    assert "bq" in given and "FIREFLY" in given and "chinese-squad" in given
+    validate({"params": {"sources": given}}, schema, raise_on_error=True)
+    assert BuildParams(sources=given).sources == [catalog.get(n).name for n in given]
+    for wrong in ["nosuch", "bqq", "ocnli,lcqmc", " ocnli", "", "paws_x", "Chinese_SQuAD"]:
+        with pytest.raises(ValidationError, match=r"field 'params.sources\[1\]'.*" + re.escape(repr(wrong))):
+            validate({"params": {"sources": ["ocnli", wrong]}}, schema, raise_on_error=True)
+        with pytest.raises(PydanticValidationError, match="unknown sources"):
+            BuildParams(sources=["ocnli", wrong])

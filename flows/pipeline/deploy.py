@@ -9,9 +9,14 @@ in every shell. `m3e-hq serve` turns off telemetry before Prefect is imported (D
 PREFECT_SERVER_ANALYTICS_ENABLED=false), as every m3e-hq command does.
 """
 
+import asyncio
 import os
+import signal
+import threading
+from typing import Any
 
 from prefect.client.orchestration import get_client
+from prefect.runner import Runner
 from prefect.settings import PREFECT_API_URL
 
 from m3e_hq.flows.pipeline.build import FLOW_NAME, build_m3e_hq
@@ -44,11 +49,37 @@ def check_api() -> str:
     return url
 
 
+class StoppingRunner(Runner):
+    """Prefect's Runner, stopped by SIGTERM or Ctrl-C (SIGINT) at once and without a warning.
+
+    Prefect 3.8.8's own SIGTERM handler calls `Runner.stop()` from within the event loop, where it returns the
+    coroutine `astop()` without running it ("coroutine 'Runner.astop' was never awaited"), then exits with
+    SystemExit. Here either signal runs `astop()` on the loop: the flow runs in progress are cancelled (their
+    processes ended, their state Cancelled), polling stops, and `start()` returns."""
+
+    async def start(self, run_once: bool = False, webserver: bool | None = None) -> None:
+        if threading.current_thread() is threading.main_thread():  # start() sets the SIGTERM handler itself
+            signal.signal(signal.SIGINT, self.handle_sigterm)
+        await super().start(run_once=run_once, webserver=webserver)
+
+    def handle_sigterm(self, *args: Any) -> None:
+        """Stop on the event loop, woken up (the handler runs while it may wait on its selector). A second signal,
+        or one before the runner has started, interrupts at once."""
+        if not self.started or self.stopping:
+            raise KeyboardInterrupt
+        self.stopping = True
+        asyncio.get_running_loop().call_soon_threadsafe(self._stop)
+
+    def _stop(self) -> None:
+        self._stopped = asyncio.ensure_future(self.astop())  # a task held until done
+
+
 def serve(limit: int = 1) -> None:
-    """Serve build-m3e-hq as the deployment build-m3e-hq/build-m3e-hq, `limit` flow runs at a time, until
-    interrupted. When serving stops, the deployment is left as it is, not paused (Prefect's default for serve)."""
+    """Serve build-m3e-hq as the deployment build-m3e-hq/build-m3e-hq, `limit` flow runs at a time, until SIGTERM
+    or Ctrl-C. When serving stops, the deployment is left as it is, not paused (Prefect's default for serve)."""
     check_api()
     for key, value in RUN_LOG_LEVELS.items():
         os.environ.setdefault(key, value)
-    build_m3e_hq.serve(name=DEPLOYMENT_NAME, limit=limit, pause_on_shutdown=False, enforce_parameter_schema=True,
-                       print_starting_message=False)
+    runner = StoppingRunner(name=DEPLOYMENT_NAME, limit=limit, pause_on_shutdown=False)
+    runner.add_flow(build_m3e_hq, name=DEPLOYMENT_NAME, enforce_parameter_schema=True)
+    asyncio.run(runner.start())

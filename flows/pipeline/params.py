@@ -9,18 +9,18 @@ import dataclasses
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from m3e_hq.flows.core.clean import DEFAULT_MAX_CHARS
+from m3e_hq.flows.core.dedup_params import DedupParams
+from m3e_hq.flows.core.filter_params import FilterParams
+from m3e_hq.flows.core.mine_params import MineParams
 from m3e_hq.flows.core.publish_params import PublishParams
-from m3e_hq.flows.stages.dedup import DedupParams
-from m3e_hq.flows.stages.filters import FilterParams
-from m3e_hq.flows.stages.mine import MineParams
 from m3e_hq.sources import cache
-from m3e_hq.sources.catalog import default_catalog
+from m3e_hq.sources.catalog import Catalog, default_catalog
 from m3e_hq.sources.layout import SAMPLES_DIR
 
 BUILD_ROOT = Path("data") / "build"  # in the working directory
@@ -28,10 +28,28 @@ Mode = Literal["samples", "local", "full"]  # where the native files come from
 CLI = "cli"  # the json_schema_extra key of a field that is a `m3e-hq build` option: its name, or a list of names
 
 
+def any_case(name: str) -> str:
+    """A regular expression matching `name` in any case, `[bB][qQ]` for BQ: no flags and no escape that ECMA 262
+    (JSON schema's dialect, the UI's) and Python (the server's) read differently."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.lower() != c.upper()
+                   else c if c.isalnum() or c in "_-" else f"\\u{ord(c):04x}" for c in name)
+
+
+def source_name_pattern(catalog: Catalog) -> str:
+    """The JSON schema pattern of a source name: every name and alias of `catalog`, in any case."""
+    return "^(?:" + "|".join(any_case(n) for s in catalog.sources for n in (s.name, *s.aliases)) + ")$"
+
+
+def _schema_extra(schema: dict[str, Any]) -> None:
+    """BuildParams' JSON schema, which the deployment enforces when a run is created: source names checked there
+    too (the pattern is made when the schema is, so that importing BuildParams does not read the catalog)."""
+    schema["properties"]["sources"]["items"]["pattern"] = source_name_pattern(default_catalog())
+
+
 class BuildParams(BaseModel):
     """What to build from where. Default: download every source (into the cache) and build data/build/full/."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_schema_extra)
 
     samples: bool = Field(False, description="read the shipped samples in data/samples/ instead of downloading",
                           json_schema_extra={CLI: "--samples"})

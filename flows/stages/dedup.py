@@ -30,16 +30,16 @@ import tempfile
 from collections.abc import Sequence
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from m3e_hq.flows.core.accounting import BATCH_ROWS, StageCounts, parquet_batches
-from m3e_hq.flows.core.minhash import MinHashParams, ParquetTexts, matches, near_duplicates
+from m3e_hq.flows.core.dedup_params import EVAL_SUFFIXES, DedupParams
+from m3e_hq.flows.core.minhash import ParquetTexts, matches, near_duplicates
 from m3e_hq.flows.core.stage import Context, Reason, Scope, Stage, StageResult, Verdicts, sift
 from m3e_hq.flows.core.text import key, near_key
 from m3e_hq.schemas import M3E_HQ_SCHEMA
@@ -61,42 +61,11 @@ SEPARATOR = "\x1f"  # between the query and the positive in a pair key
 SPILL_ABOVE_ROWS = 4_000_000  # more rows than this: band keys are grouped from Parquet, out of core
 _COMMERCIAL_RANK = {Permission.YES.value: 0, Permission.UNKNOWN.value: 1, Permission.NO.value: 2}
 _QUALITY_RANK = {Quality.EXCELLENT.value: 0, Quality.GOOD.value: 1}
-EVAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
 _COLUMNS = ["id", "source", "split", "text", "text_pos", "commercial", "quality", "homogeneous"]
 # The near keys compared, in a temporary file: the pair (or query-only) key and its two parts, which MinHash
 # compares (a query-only key's second part is the query again), and the positive, which decontamination compares.
 KEYS_SCHEMA = pa.schema([("pair", pa.string()), ("query", pa.string()), ("second", pa.string()),
                          ("positive", pa.string())])
-
-
-class DedupParams(BaseModel):
-    """What counts as a duplicate, and which evaluation data is kept out."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    on: Literal["pair", "query", "query-s2p"] = Field(
-        "pair", description="dedup key: the pair (query + positive); the query alone, so that a query keeps one "
-        "positive; or the query alone for s2p sources only (the pair for s2s)", json_schema_extra={"cli": "--dedup-on"})
-    near: bool = Field(True, description="drop MinHash near-duplicates (after exact duplicates)",
-                       json_schema_extra={"cli": "--near/--no-near"})
-    minhash: MinHashParams = Field(default_factory=MinHashParams, description="shingles, permutations, LSH bands "
-                                   "and the confirming edit similarity (default 0.875)")
-    exclude_eval_splits: bool = Field(True, description="drop the native splits C-MTEB evaluates on (the "
-                                      "catalog's eval_splits)", json_schema_extra={"cli": "--keep-eval-splits"})
-    decontaminate: Path | None = Field(None, description="evaluation texts (JSONL, Parquet or TXT): drop rows whose "
-                                       "query or positive is an exact or near duplicate of one",
-                                       json_schema_extra={"cli": "--decontaminate"})
-    workers: int = Field(2, ge=1, description="threads for the MinHash kernels")
-
-    @field_validator("decontaminate")
-    @classmethod
-    def _readable(cls, path: Path | None) -> Path | None:
-        if path is not None:
-            if path.suffix.lower() not in EVAL_SUFFIXES:
-                raise ValueError(f"decontamination file {path}: use {', '.join(EVAL_SUFFIXES)}")
-            if not path.is_file():
-                raise ValueError(f"decontamination file {path} not found")
-        return path
 
 
 class _Decisions:

@@ -19,6 +19,7 @@ from typing import Any, Protocol, Self
 import pyarrow as pa
 from pydantic import BaseModel
 
+from m3e_hq import progress
 from m3e_hq.flows.core.accounting import OutputError, StageCounts, StageWriter, dropped_rows
 from m3e_hq.schemas.enums import TextEnum
 from m3e_hq.sources.catalog import Catalog
@@ -131,14 +132,15 @@ def attempt(stage: Stage, unit: dict[str, Any], call: Callable[[], StageResult])
 StageRun = Callable[[dict[str, Any], Any, Context], StageResult]
 
 
-def timed(run: StageRun) -> StageRun:
-    """`run`, the `seconds` of each source in its result the time the whole unit took (reading, deciding and
+def timed(stage: Stage) -> StageRun:
+    """`stage.run`, the `seconds` of each source in its result the time the whole unit took (reading, deciding and
     writing, not only the writing), shared out by rows read when a unit holds several sources (dedup, mining with
-    one pool over all sources)."""
-    @functools.wraps(run)
+    one pool over all sources); the unit's sources named on the stage's progress bar while it runs."""
+    @functools.wraps(stage.run)
     def unit(inputs: dict[str, Any], params: Any, context: Context) -> StageResult:
         start = time.perf_counter()
-        result = run(inputs, params, context)
+        with progress.unit(stage.name, list(inputs)):
+            result = stage.run(inputs, params, context)
         share_seconds(result.counts, time.perf_counter() - start)
         return result
 
@@ -166,7 +168,7 @@ class InProcess:
 
     def map(self, stage: Stage, units: list[dict[str, Any]], params: Any,
             context: Context) -> list[StageResult | Failed]:
-        run = timed(stage.run)
+        run = timed(stage)
         return [attempt(stage, unit, lambda unit=unit: run(unit, params, context)) for unit in units]
 
     def prepare(self, stage: Stage, inputs: dict[str, Any], params: Any, context: Context, shards: int) -> None:
@@ -195,7 +197,9 @@ def run_stages(stages: Sequence[Stage], inputs: dict[str, Any], build_params: An
         shards = stage.prepare_shards(params)
         if stage.prepare is not None and shards > 1:
             executor.prepare(stage, inputs, params, context, shards)
-        outcomes = executor.map(stage, stage.units(inputs, params, context.catalog), params, context)
+        units = stage.units(inputs, params, context.catalog)
+        with progress.stage(stage.name, sum(map(len, units))):
+            outcomes = executor.map(stage, units, params, context)
         run.failed |= {o.source: o.message for o in outcomes if isinstance(o, Failed)}
         result = stage.merge([o for o in outcomes if isinstance(o, StageResult)], params)
         run.results[stage.name] = result

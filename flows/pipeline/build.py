@@ -358,7 +358,7 @@ def unit_task(fn: Callable[..., R], name: str) -> Task[..., Stamped[R]]:
     return task(run, name=name, cache_policy=STAGE_CACHE, persist_result=True)
 
 
-STAGE_TASKS = {s.name: unit_task(timed(s.run), s.name) for s in STAGES}
+STAGE_TASKS = {s.name: unit_task(timed(s), s.name) for s in STAGES}
 PREPARE_TASKS = {s.name: unit_task(s.prepare, s.prepare_name) for s in STAGES if s.prepare is not None}
 
 

@@ -2,8 +2,8 @@
 
 Each stage shows one bar that counts its sources and names the one whose work started or ended last (`stage`,
 `unit`); the work inside a unit (rows read, texts encoded, bytes downloaded) shows as a bar named after the stage and
-the source, removed when that work ends (`bar`). While bars are shown, the bars and load reports that transformers and
-huggingface_hub print by themselves are turned off.
+the source, removed when that work ends (`bar`). While bars are shown, the bars that transformers and
+huggingface_hub print by themselves and the load reports of transformers and sentence-transformers are turned off.
 """
 
 import logging
@@ -15,8 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 _progress: Progress | None = None
 _stages: dict[str, TaskID] = {}
-# Loggers of the model libraries, whose load reports and warnings would otherwise print between the bars.
-LIBRARY_LOGGERS = ("transformers", "sentence_transformers", "huggingface_hub")
+# Loggers of the model libraries, whose load reports and warnings would otherwise print between the bars (not
+# huggingface_hub's, whose download retries are printed once: sources/download_hub.py).
+LIBRARY_LOGGERS = ("transformers", "sentence_transformers")
 
 
 @contextmanager
@@ -36,8 +37,8 @@ def showing(console: Console | None = None) -> Iterator[Progress]:
 
 @contextmanager
 def libraries_quiet() -> Iterator[None]:
-    """transformers' and huggingface_hub's tqdm bars (e.g. "Loading weights") off and their loggers at ERROR while
-    the block runs; as they were afterwards."""
+    """transformers' and huggingface_hub's tqdm bars (e.g. "Loading weights") off and the LIBRARY_LOGGERS at ERROR
+    while the block runs; as they were afterwards."""
     from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
     from transformers.utils import logging as transformers_logging
 

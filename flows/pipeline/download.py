@@ -74,11 +74,11 @@ OBTAIN = "obtain"  # the obtain task's name, and its stage's on the progress bar
 def obtain_retrying(source_name: str, params: BuildParams) -> Obtained:
     """`obtain_one` for the obtain task: a transient download failure raises, so that Prefect retries it, until the
     last attempt, which reports it as failed like any other failure."""
-    with progress.unit(OBTAIN, [source_name]):
+    with progress.unit(OBTAIN, [source_name]):  # an attempt that raises is not counted on the bar
         obtained = obtain_one(source_name, params)
-    context = TaskRunContext.get()
-    if context is not None and transient(obtained) and context.task_run.run_count <= context.task.retries:
-        raise TransientFetchError(f"{source_name}: {obtained.message}")
+        context = TaskRunContext.get()
+        if context is not None and transient(obtained) and context.task_run.run_count <= context.task.retries:
+            raise TransientFetchError(f"{source_name}: {obtained.message}")
     return obtained
 
 

@@ -195,8 +195,9 @@ def fetch_http(obtain: HttpObtain, folder: Path, downloads: Path) -> dict[str, s
     try:
         for i, item in enumerate(obtain.files):
             name = _file_name(item.url)
-            result = download_file(item.url, downloads / name, item.sha256, size=item.size,
-                                   on_bytes=progress.counter(f"download {name}", "bytes"))
+            source = downloads.name  # the source's downloads folder bears its name
+            with progress.bar(f"download {source} {name}", item.size, "bytes") as on_bytes:
+                result = download_file(item.url, downloads / name, item.sha256, size=item.size, on_bytes=on_bytes)
             hashes[item.url] = result.sha256
             _refuse_not_data(result.path, item.url)
             if is_archive(name):

@@ -2,6 +2,7 @@
 
 import inspect
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -349,3 +350,17 @@ def test_flow_commercial_only_publishes_commercial_sources_only(prefect_server, 
         assert published == {"dureader_robust", "csl"}  # lawzhidao states no licence, lcqmc is not commercial
     manifest = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["params"]["publish"]["commercial_only"] is True
+
+
+def test_a_build_loads_its_encoder_and_teacher_once_for_all_its_mine_tasks(prefect_server, tmp_path, tiny_encoder,
+                                                                           tiny_cross_encoder, monkeypatch, caplog):
+    from m3e_hq.flows.core import encode
+
+    monkeypatch.setattr(encode, "_MODELS", {})  # none loaded yet in this process
+    caplog.set_level(logging.INFO, logger="m3e_hq")
+    sources = ["ocnli", "BQ", "lcqmc", "SimCLUE"]
+    summary = build_m3e_hq(BuildParams(samples=True, sources=sources, out_dir=tmp_path, cache_dir=tmp_path / "cache",
+                                       mine=MineParams(encoder=str(tiny_encoder), teacher=str(tiny_cross_encoder))))
+    assert sorted(c.source for c in summary["stages"]["mine"] if c.read) == sorted(sources)  # a mine task each
+    loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
+    assert loaded == [f"loaded encoder {tiny_encoder} on cpu", f"loaded teacher {tiny_cross_encoder} on cpu"]

@@ -10,14 +10,16 @@ import itertools
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 
+from m3e_hq import progress
 from m3e_hq.files import atomic
 from m3e_hq.flows.core.model_names import DEFAULT_ENCODER
 
@@ -29,6 +31,7 @@ WIDTH_STEP = 8
 # (a part-filled batch per width), smaller ones add per-call overhead, which is most of a tiny model's time.
 CPU_BATCH_FLOPS = 5e9
 log = logging.getLogger("m3e_hq.encode")
+M = TypeVar("M")
 
 
 def model_location(name: str) -> str:
@@ -56,7 +59,42 @@ def load_encoder(name: str, device: str | None = None) -> SentenceTransformer:
     model = SentenceTransformer(model_location(name), device=where)
     if where.startswith("cuda"):
         model.half()
+    log.info("loaded encoder %s on %s", name, where)
     return model
+
+
+# The models of this process, loaded once each and shared by every task thread (`shared`).
+_MODELS: dict[Hashable, Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def shared(key: Hashable, load: Callable[[], M]) -> M:
+    """The model `load()` gives, loaded once per process for `key` and shared by every caller after it (threads
+    asking at once wait for the one load). Sharing is safe: `embed` and `CrossEncoderTeacher.score` only read the
+    model, and tokenise under `tokenize`'s lock."""
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = load()
+        return _MODELS[key]
+
+
+def shared_encoder(name: str, device: str | None = None) -> SentenceTransformer:
+    """`load_encoder(name, device)`, loaded once per process and device."""
+    where = resolve_device(device)
+    return shared(("encoder", name, where), lambda: load_encoder(name, where))
+
+
+# A fast tokenizer's truncation is a setting of the tokenizer, which each call sets before encoding (truncated for
+# texts, not for a prompt whose length is counted): two threads calling a shared model's tokenizer at once could
+# encode with each other's setting (or fail with "Already borrowed", huggingface/tokenizers#537), so it is called
+# under this lock.
+_TOKENIZER_LOCK = threading.Lock()
+
+
+def tokenize(tokenizer: Any, *texts: Any, **options: Any) -> Any:
+    """`tokenizer(*texts, **options)`, one call at a time in this process."""
+    with _TOKENIZER_LOCK:
+        return tokenizer(*texts, **options)
 
 
 def text_keys(texts: Sequence[str]) -> np.ndarray:
@@ -130,11 +168,10 @@ class Encoded:
 
 
 def encode(model: SentenceTransformer, texts: Sequence[str], prompt: str = "", batch_size: int = 64,
-           cache_dir: Path | None = None, model_name: str = "",
-           on_progress: Callable[[int], None] | None = None) -> Encoded:
+           cache_dir: Path | None = None, model_name: str = "", shown_as: str = "") -> Encoded:
     """L2-normalised embeddings of `texts`: each distinct text encoded once (`embed`, in batches of a shape fixed by
     each text's length, within `batch_limits`), and read from / written to the cache under `cache_dir` when one is
-    given.
+    given. `shown_as`: the name of the progress bar of the texts encoded (e.g. "encode BQ queries").
 
     Vectors are rounded to float16, as the cache stores them. Since a text's embedding does not depend on the texts
     encoded with it, a vector from the cache is the one encoding would give, whichever task, build or killed run
@@ -152,7 +189,8 @@ def encode(model: SentenceTransformer, texts: Sequence[str], prompt: str = "", b
         found, vectors = cache.lookup(keys)
     todo = np.flatnonzero(~found)
     if len(todo):
-        fresh = embed(model, [distinct[i] for i in todo], prompt, *limits, on_progress)
+        with progress.bar(shown_as or "encode", len(todo), "texts") as on_progress:
+            fresh = embed(model, [distinct[i] for i in todo], prompt, *limits, on_progress)
         vectors[todo] = fresh.astype(np.float16)  # as cached: a rebuild from the cache gives the same vectors
         if cache is not None and keys is not None:
             cache.store(keys[todo], vectors[todo])
@@ -273,7 +311,7 @@ def embed(model: SentenceTransformer, texts: Sequence[str], prompt: str = "", ma
     if not texts:
         return np.zeros((0, dim), dtype=np.float32)
     tokenizer = model.tokenizer
-    encoded = tokenizer([prompt + t for t in texts], truncation=True, max_length=model.max_seq_length)
+    encoded = tokenize(tokenizer, [prompt + t for t in texts], truncation=True, max_length=model.max_seq_length)
     tokens = Tokens.of(encoded, tokenizer.pad_token_id or 0)
     device = model.device
     extra = {"prompt_length": prompt_length(model, prompt)} if prompt and leaves_prompt_out(model) else {}
@@ -295,7 +333,7 @@ def leaves_prompt_out(model: SentenceTransformer) -> bool:
 def prompt_length(model: SentenceTransformer, prompt: str) -> int:
     """The prompt's tokens as a text's first tokens, a trailing special token (SEP, EOS) not counted: what
     `model.encode` gives such a pooling."""
-    ids = model.tokenizer(prompt)["input_ids"]
+    ids = tokenize(model.tokenizer, prompt)["input_ids"]
     return len(ids) - int(bool(ids) and ids[-1] in model.tokenizer.all_special_ids)
 
 

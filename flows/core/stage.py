@@ -19,6 +19,7 @@ from typing import Any, Protocol, Self
 import pyarrow as pa
 from pydantic import BaseModel
 
+from m3e_hq import progress
 from m3e_hq.flows.core.accounting import OutputError, StageCounts, StageWriter, dropped_rows
 from m3e_hq.flows.core.lineage import recording
 from m3e_hq.schemas.enums import TextEnum
@@ -132,29 +133,19 @@ def attempt(stage: Stage, unit: dict[str, Any], call: Callable[[], StageResult])
 StageRun = Callable[[dict[str, Any], Any, Context], StageResult]
 
 
-def timed(run: StageRun) -> StageRun:
-    """`run`, the `seconds` of each source in its result the time the whole unit took (reading, deciding and
-    writing, not only the writing), shared out by rows read when a unit holds several sources (dedup, mining with
-    one pool over all sources)."""
-    @functools.wraps(run)
+def unit_run(stage: Stage) -> StageRun:
+    """`stage.run` for one unit of work: the `seconds` of each source in its result the time the whole unit took
+    (reading, deciding and writing, not only the writing), shared out by rows read when a unit holds several sources
+    (dedup, mining with one pool over all sources); the unit's sources named on the stage's progress bar while it
+    runs; what its outputs are made from recorded in them (`flows.core.lineage`: the stage, its parameters and the
+    identity of every file the unit reads)."""
+    @functools.wraps(stage.run)
     def unit(inputs: dict[str, Any], params: Any, context: Context) -> StageResult:
         start = time.perf_counter()
-        result = run(inputs, params, context)
+        with progress.unit(stage.name, list(inputs)), recording(stage.name, params, inputs):
+            result = stage.run(inputs, params, context)
         share_seconds(result.counts, time.perf_counter() - start)
         return result
-
-    return unit
-
-
-def unit_run(stage: Stage) -> StageRun:
-    """`stage.run` for one unit of work: timed (`timed`), and what its outputs are made from recorded in them
-    (`flows.core.lineage`: the stage, its parameters and the identity of every file the unit reads)."""
-    run = timed(stage.run)
-
-    @functools.wraps(run)
-    def unit(inputs: dict[str, Any], params: Any, context: Context) -> StageResult:
-        with recording(stage.name, params, inputs):
-            return run(inputs, params, context)
 
     return unit
 
@@ -211,7 +202,9 @@ def run_stages(stages: Sequence[Stage], inputs: dict[str, Any], build_params: An
         shards = stage.prepare_shards(params)
         if stage.prepare is not None and shards > 1:
             executor.prepare(stage, inputs, params, context, shards)
-        outcomes = executor.map(stage, stage.units(inputs, params, context.catalog), params, context)
+        units = stage.units(inputs, params, context.catalog)
+        with progress.stage(stage.name, sum(map(len, units))):
+            outcomes = executor.map(stage, units, params, context)
         run.failed |= {o.source: o.message for o in outcomes if isinstance(o, Failed)}
         result = stage.merge([o for o in outcomes if isinstance(o, StageResult)], params)
         run.results[stage.name] = result

@@ -16,6 +16,7 @@ from prefect.context import TaskRunContext
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from m3e_hq import progress
 from m3e_hq.flows.pipeline.params import BuildParams
 from m3e_hq.schemas import ObtainStatus
 from m3e_hq.sources.catalog import default_catalog
@@ -67,13 +68,17 @@ def transient(obtained: Obtained) -> bool:
     return obtained.status == ObtainStatus.FAILED and obtained.transient
 
 
+OBTAIN = "obtain"  # the obtain task's name, and its stage's on the progress bars
+
+
 def obtain_retrying(source_name: str, params: BuildParams) -> Obtained:
     """`obtain_one` for the obtain task: a transient download failure raises, so that Prefect retries it, until the
     last attempt, which reports it as failed like any other failure."""
-    obtained = obtain_one(source_name, params)
-    context = TaskRunContext.get()
-    if context is not None and transient(obtained) and context.task_run.run_count <= context.task.retries:
-        raise TransientFetchError(f"{source_name}: {obtained.message}")
+    with progress.unit(OBTAIN, [source_name]):  # an attempt that raises is not counted on the bar
+        obtained = obtain_one(source_name, params)
+        context = TaskRunContext.get()
+        if context is not None and transient(obtained) and context.task_run.run_count <= context.task.retries:
+            raise TransientFetchError(f"{source_name}: {obtained.message}")
     return obtained
 
 
@@ -82,14 +87,16 @@ def retry_transient(task: Task, task_run: TaskRun, state: State) -> bool:
     return isinstance(state.result(raise_on_failure=False), TransientFetchError)
 
 
-obtain_task = task(obtain_retrying, name="obtain", task_run_name="obtain-{source_name}", retries=len(RETRY_DELAYS),
+obtain_task = task(obtain_retrying, name=OBTAIN, task_run_name="obtain-{source_name}", retries=len(RETRY_DELAYS),
                    retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
 
 
 def obtain_mapped(params: BuildParams) -> list[Obtained]:
     """Inside a flow: one obtain task per selected source, run concurrently; checked when `require_all`."""
     names = [s.name for s in default_catalog().select(params.sources)]
-    return checked(params, [f.result() for f in obtain_task.map(names, params=unmapped(params))])
+    with progress.stage(OBTAIN, len(names)):
+        obtained = [f.result() for f in obtain_task.map(names, params=unmapped(params))]
+    return checked(params, obtained)
 
 
 @flow(name=DOWNLOAD_FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)

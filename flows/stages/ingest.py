@@ -158,8 +158,12 @@ def stored_raw(raw: str | None) -> tuple[str | None, str | None]:
 
 def run(inputs: dict[str, list[SourceFile]], params: IngestParams, context: Context) -> StageResult:
     """The stage function: ingest each source's located native files."""
-    return StageResult([ingest_source(context.catalog.get(name), files, context.build_dir, params.max_chars,
-                                      progress.counter(name)) for name, files in inputs.items()])
+    results = []
+    for name, files in inputs.items():
+        with progress.bar(f"ingest {name}") as on_progress:
+            results.append(ingest_source(context.catalog.get(name), files, context.build_dir, params.max_chars,
+                                         on_progress))
+    return StageResult(results)
 
 
 INGEST = Stage(STAGE, IngestParams, lambda build: IngestParams(max_chars=build.max_chars), IngestReason, run,

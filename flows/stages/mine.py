@@ -135,12 +135,11 @@ def encode_shard(inputs: dict[str, Path], params: MineParams, catalog: Catalog, 
     by_prompt: dict[str, list[str]] = {}
     for prompt, text in jobs:
         by_prompt.setdefault(prompt, []).append(text)
-    from m3e_hq.flows.core.encode import encode, load_encoder
+    from m3e_hq.flows.core.encode import encode, shared_encoder
 
-    model = load_encoder(params.encoder, params.device)
-    on_progress = progress.counter(f"encode shard {shard}", "texts")
+    model = shared_encoder(params.encoder, params.device)
     for prompt, texts in by_prompt.items():
-        done = encode(model, texts, prompt, params.batch_size, cache_dir, params.encoder, on_progress)
+        done = encode(model, texts, prompt, params.batch_size, cache_dir, params.encoder, f"encode shard {shard}")
         counts["encoded"] += done.encoded
         counts["cached"] += done.cached
     return counts
@@ -152,8 +151,7 @@ def mine_sources(inputs: dict[str, Path], out_dir: Path, params: MineParams, cat
 
     One group of sources at a time (`groups`: a source; all sources with pool="all"), each written before the next
     is read, so that memory holds one pool's rows and embeddings, not the build's."""
-    models = _Models(params)
-    return merge([_mine_group(_Rows.read({n: inputs[n] for n in group}, catalog), out_dir, params, cache_dir, models)
+    return merge([_mine_group(_Rows.read({n: inputs[n] for n in group}, catalog), out_dir, params, cache_dir)
                   for group in groups([n for n in catalog.names if n in inputs], params.pool, catalog)], params)
 
 
@@ -188,44 +186,19 @@ def _settings(params: MineParams) -> dict[str, Any]:
     return {"encoder": params.encoder, "teacher": params.teacher, "pool": params.pool}
 
 
-class _Models:
-    """The encoder and the cross-encoder teacher, each loaded once, when first needed."""
-
-    def __init__(self, params: MineParams) -> None:
-        self.params = params
-        self._encoder: Any = None
-        self._teacher: Any = None
-
-    def encoder(self) -> Any:
-        if self._encoder is None:
-            from m3e_hq.flows.core.encode import load_encoder
-
-            self._encoder = load_encoder(self.params.encoder, self.params.device)
-        return self._encoder
-
-    def teacher(self) -> Any:
-        """The CrossEncoderTeacher."""
-        if self._teacher is None:
-            from m3e_hq.flows.core.teacher import CrossEncoderTeacher
-
-            p = self.params
-            self._teacher = CrossEncoderTeacher(p.teacher, p.device, p.teacher_batch_size)
-        return self._teacher
-
-
-def _mine_group(data: _Rows, out_dir: Path, params: MineParams, cache_dir: Path | None,
-                models: _Models) -> StageResult:
-    """Mine one group of sources, whose pool is their distinct positives, and write their outputs."""
-    from m3e_hq.flows.core.encode import encode
+def _mine_group(data: _Rows, out_dir: Path, params: MineParams, cache_dir: Path | None) -> StageResult:
+    """Mine one group of sources, whose pool is their distinct positives, and write their outputs (with the
+    encoder and teacher this process shares between its tasks)."""
+    from m3e_hq.flows.core.encode import encode, shared_encoder
 
     names, tables, queries, positives = data.names, data.tables, data.queries, data.positives
     stats = _settings(params)
     if not queries:
         return StageResult([_write(n, tables[n], data.paths[n], out_dir, {}, {}) for n in names], stats)
     start = time.perf_counter()
-    model = models.encoder()
+    model = shared_encoder(params.encoder, params.device)
     embedded_queries = encode(model, queries, params.query_prompt, params.batch_size, cache_dir, params.encoder,
-                              progress.counter("encode queries", "texts"))
+                              f"encode {progress.label(names)} queries")
     stats["encode"] = {"queries": embedded_queries.distinct, "queries_cached": embedded_queries.cached}
     pool, stats["candidates"], backend = _mine_pool(data, embedded_queries.vectors, model, params, cache_dir,
                                                     stats["encode"])
@@ -233,11 +206,10 @@ def _mine_group(data: _Rows, out_dir: Path, params: MineParams, cache_dir: Path 
     stats["mine_seconds"] = round(time.perf_counter() - start, 3)
 
     start = time.perf_counter()
-    splits = models.teacher().oom_splits if params.teacher != BI_ENCODER else 0
-    scored = _teacher_scores(pool, queries, positives, params, models)
+    scored = _teacher_scores(pool, queries, positives, params)
     stats["teacher_seconds"] = round(time.perf_counter() - start, 3)
     if params.teacher != BI_ENCODER:
-        stats["teacher_oom_splits"] = models.teacher().oom_splits - splits
+        stats["teacher_oom_splits"] = scored["splits"]
     kept, dropped = _decide(pool, scored, params, stats)
     offsets = np.cumsum([0] + [tables[n].num_rows for n in names])
     counts = []
@@ -261,7 +233,7 @@ def _mine_pool(data: _Rows, query_vectors: np.ndarray, model: Any, params: MineP
     position = {t: i for i, t in enumerate(texts)}
     pos_idx = np.array([position[p] for p in positives], dtype=np.int64)
     passages = encode(model, texts, params.passage_prompt, params.batch_size, cache_dir, params.encoder,
-                      progress.counter("encode passages", "texts"))
+                      f"encode {progress.label(data.names)} passages")
     encode_stats["passages"] = passages.distinct
     encode_stats["passages_cached"] = passages.cached
     bi_pos = cosine(query_vectors, passages.vectors[pos_idx])
@@ -277,20 +249,23 @@ def _mine_pool(data: _Rows, query_vectors: np.ndarray, model: Any, params: MineP
     return _Pool(texts, negatives.idx, bi_pos, negatives.scores), negatives.totals(), backend
 
 
-def _teacher_scores(pool: _Pool, queries: list[str], positives: list[str], params: MineParams,
-                    models: _Models) -> dict[str, Any]:
-    """Teacher scores of every row's (query, positive) and (query, negative) pairs, on one scale."""
+def _teacher_scores(pool: _Pool, queries: list[str], positives: list[str], params: MineParams) -> dict[str, Any]:
+    """Teacher scores of every row's (query, positive) and (query, negative) pairs, on one scale, and the
+    cross-encoder's batches split on running out of GPU memory."""
     if params.teacher == BI_ENCODER:
         return {"teacher": f"{BI_ENCODER}:{params.encoder}", "scale": COSINE_SCALE, "pos": pool.bi_pos,
                 "neg": pool.bi_neg}
-    teacher = models.teacher()
+    from m3e_hq.flows.core.teacher import shared_teacher
+
+    teacher = shared_teacher(params.teacher, params.device, params.teacher_batch_size)
     rows, slots = np.nonzero(pool.neg_idx >= 0)  # row by row, in slot order: as the scores are read back
     pairs = list(zip(queries, positives, strict=True))
     pairs += [(queries[r], pool.texts[pool.neg_idx[r, k]]) for r, k in zip(rows, slots, strict=True)]
-    flat = teacher.score(pairs)
+    flat, splits = teacher.score_counting(pairs)
     neg = np.full(pool.neg_idx.shape, np.nan, dtype=np.float32)
     neg[pool.neg_idx >= 0] = flat[len(queries):]
-    return {"teacher": params.teacher, "scale": teacher.scale, "pos": flat[:len(queries)], "neg": neg}
+    return {"teacher": params.teacher, "scale": teacher.scale, "pos": flat[:len(queries)], "neg": neg,
+            "splits": splits}
 
 
 def _decide(pool: _Pool, scored: dict[str, Any], params: MineParams,

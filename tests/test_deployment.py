@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 
 from m3e_hq.flows.cli import app
 from m3e_hq.flows.pipeline import download
-from m3e_hq.flows.pipeline.artifacts import artifact_key, slug
+from m3e_hq.flows.pipeline.artifacts import artifact_key, published_lines, slug, summary_markdown
 from m3e_hq.flows.pipeline.build import RESULTS_DIR, build_m3e_hq
 from m3e_hq.flows.pipeline.deploy import RUN_EXAMPLE, ServeError, serve
 from m3e_hq.flows.pipeline.params import BuildParams
@@ -291,3 +291,18 @@ def test_the_build_publishes_a_table_per_stage_and_a_summary(prefect_api, tmp_pa
     assert all(set(row) == set(table[0]) for row in table)
     markdown = artifacts[artifact_key(str(out), "summary")].data
     assert "| filter |" in markdown and "| ocnli | ok |" in markdown
+    assert f"## Published\n\n- m3e-hq: `{out / 'm3e-hq'}`\n- m3e-hq-with-score: `{out / 'm3e-hq-with-score'}`" in markdown
+
+
+def test_the_summary_says_what_was_not_published_or_uploaded_and_why():
+    summary = {"build_dir": "/b", "manifest": "/b/manifest.json", "stages": {}, "results": [],
+               "published": {"folders": {"m3e-hq": "/b/m3e-hq"}, "push_failed": "uploading /b/m3e-hq to o/n failed: "
+                                                                                 "HTTP 401 | no token"},
+               "problem": "1 of 2 sources failed: BQ (why above)"}
+    lines = published_lines(summary)
+    assert lines == ["- m3e-hq: `/b/m3e-hq`",
+                     "- **upload failed**: uploading /b/m3e-hq to o/n failed: HTTP 401 \\| no token",
+                     "- **problem**: 1 of 2 sources failed: BQ (why above)"]
+    nothing = {**summary, "published": {"folders": {}, "skipped": "nothing to publish: 0 rows"}, "problem": None}
+    assert published_lines(nothing) == ["- not published: nothing to publish: 0 rows"]
+    assert summary_markdown(nothing).endswith("## Published\n\n- not published: nothing to publish: 0 rows\n")

@@ -48,8 +48,23 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
 
 
+def published_lines(summary: dict[str, Any]) -> list[str]:
+    """Where the datasets were published and uploaded, or why not (nothing to publish, a failed upload), and the
+    build's problem line when sources failed or are suspect."""
+    published = summary["published"]
+    lines = [f"- not published: {cell(published['skipped'])}"] if "skipped" in published else []
+    lines += [f"- {name}: `{folder}`" for name, folder in published["folders"].items()]
+    lines += [f"- uploaded {repo}: {url}" for repo, url in published.get("hub", {}).items()]
+    if "push_failed" in published:
+        lines.append(f"- **upload failed**: {cell(published['push_failed'])}")
+    if summary.get("problem"):
+        lines.append(f"- **problem**: {cell(summary['problem'])}")
+    return lines
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
-    """The build in a few lines: where it is, the totals per stage, and each source's status and rows kept."""
+    """The build in a few lines: where it is, the totals per stage, each source's status and rows kept, and what was
+    published (or why not)."""
     stages: dict[str, list[StageCounts]] = summary["stages"]
     totals = {stage: stage_totals(counts) for stage, counts in stages.items()}
     kept = {stage: {c.source: c.kept for c in counts} for stage, counts in stages.items()}
@@ -60,6 +75,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines += markdown_table(["source", "status", *(f"kept after {stage}" for stage in stages), "note"], [
         [r.source, r.status, *(kept[stage].get(r.source, "-") for stage in stages), r.message or ""]
         for r in summary["results"]])
+    lines += ["", "## Published", "", *published_lines(summary)]
     return "\n".join(lines) + "\n"
 
 

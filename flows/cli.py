@@ -134,6 +134,12 @@ def option_value(field: "CliField", value: Any) -> Any:
     return split_names(value) if isinstance(value, list) else value
 
 
+def flowing(doc: str | None) -> str | None:
+    """A docstring as a command's help: each paragraph on one line, for the terminal to wrap (typer keeps a
+    paragraph's line breaks, which then break the wrapping)."""
+    return None if doc is None else "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(doc).split("\n\n"))
+
+
 class Deferred(TyperCommand):
     """A command that takes options of `m3e-hq build`: its click command is made when it runs or shows its help.
     Those options come from BuildParams, which imports the catalog (pyarrow through the schemas); `m3e-hq --help`,
@@ -154,7 +160,7 @@ def with_build_options(*names: str) -> Callable[[Callable[..., None]], Callable[
 
     def register(command: Callable[..., None]) -> Callable[..., None]:
         DEFERRED[command.__name__] = (command, names)
-        app.command(command.__name__, cls=Deferred, help=inspect.getdoc(command))(lambda: None)
+        app.command(command.__name__, cls=Deferred, help=flowing(command.__doc__))(lambda: None)
         return command
 
     return register
@@ -181,7 +187,7 @@ def full_command(name: str) -> TyperCommand:
 
     functools.update_wrapper(run, command)
     run.__signature__ = full_signature(command, names)
-    info = typer.models.CommandInfo(name=name, callback=run)
+    info = typer.models.CommandInfo(name=name, callback=run, help=flowing(command.__doc__))
     return typer.main.get_command_from_info(info, pretty_exceptions_short=app.pretty_exceptions_short,
                                             rich_markup_mode=app.rich_markup_mode)
 
@@ -779,3 +785,7 @@ def push(
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(PUSH_FAILED) from None
     print_published({"folders": {}, "hub": hub})
+
+
+for _command in app.registered_commands:  # the commands declared with @app.command(): their docstrings as help
+    _command.help = _command.help or flowing(_command.callback.__doc__)

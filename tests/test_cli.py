@@ -124,6 +124,18 @@ def test_the_command_list_gives_each_command_one_line():
     assert len(rows) == 6  # no summary wraps or breaks onto a second line
 
 
+@pytest.mark.parametrize("command", ["sources", "download", "build", "serve", "export", "push"])
+def test_each_commands_description_fills_the_lines_it_wraps_onto(command):
+    done = m3e_hq(command, "--help")
+    assert done.returncode == 0
+    description = done.stdout[done.stdout.index("Usage:"):done.stdout.index("╭")].splitlines()[1:]
+    paragraphs = "\n".join(line.strip() for line in description).strip().split("\n\n")
+    assert len(paragraphs) >= 2, done.stdout  # a summary, then what the command does
+    for paragraph in paragraphs:
+        lines = paragraph.splitlines()
+        assert all(len(line) > 60 for line in lines[:-1]), paragraph  # broken only where the terminal wraps
+
+
 def test_build_help_lists_every_choice_and_the_ray_extra():
     done = m3e_hq("build", "--help", columns=250)
     assert done.returncode == 0

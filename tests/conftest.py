@@ -2,6 +2,7 @@
 models for mining, a local stand-in for the Hub serving the samples, and a Prefect server in a subprocess."""
 
 import hashlib
+import logging
 import shutil
 import sys
 from collections.abc import Iterator
@@ -111,3 +112,14 @@ def prefect_api(server: Server, tmp_path: Path) -> Iterator[Path]:
         yield storage
         APILogWorker.drain_all()
         EventsWorker.drain_all()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the temporary Prefect servers started in this process (by flows run without a server of their own),
+    quietly, while pytest's streams are open: stopped at exit, they log to a closed stream ("--- Logging error ---")
+    after the summary line."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    logging.getLogger("prefect").setLevel(logging.WARNING)
+    for server in list(SubprocessASGIServer._instances.values()):
+        server.stop()

@@ -145,7 +145,8 @@ def test_a_manifest_without_identities_is_refused(build, catalog, tmp_path):
         for counts in stage["sources"].values():
             del counts["made_from"]
     (build / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    with pytest.raises(StaleOutputsError, match="is not recorded in manifest.json .written by an older m3e-hq"):
+    with pytest.raises(StaleOutputsError, match=r"manifest.json does not record what its outputs were made from "
+                                                r"\(written by an older m3e-hq\): build again"):
         publish(build, tmp_path / "out", PublishParams(plots=False), catalog)
 
 
@@ -156,3 +157,11 @@ def test_published_files_carry_no_record_and_keep_their_schemas_metadata(build, 
             assert b"m3e_hq.made_from" not in (pq.read_schema(path).metadata or {}), path
         for path in (folder / "data").rglob("*.parquet"):  # every column, as the stage wrote them
             assert pq.read_schema(path).metadata[b"name"] == folder.name.encode(), path
+
+
+def test_an_output_replaced_by_hand_is_refused(build, catalog, tmp_path):
+    path = build / "dedup" / "ocnli.parquet"
+    pq.write_table(pq.read_table(path).replace_schema_metadata(None), path)  # the same rows, no record
+    with pytest.raises(StaleOutputsError, match=r"dedup/ocnli.parquet records nothing it was made from \(not written "
+                                                r"by a build\): these are not the outputs"):
+        publish(build, tmp_path / "out", PublishParams(plots=False), catalog)

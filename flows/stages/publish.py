@@ -366,16 +366,15 @@ def check_made_from(build_dir: Path, manifest: Manifest, sources: list[str]) -> 
             counts, path = summary.sources.get(source), build_dir / stage / f"{source}.parquet"
             if counts is None or not path.is_file():
                 continue  # read_source says what is wrong
-            record = read_record(path)
             if counts.made_from is None:
-                why = "is not recorded in manifest.json (written by an older m3e-hq)"
-            elif record is None:
-                why = "records nothing it was made from (not written by a build)"
+                raise StaleOutputsError(f"{build_dir / MANIFEST_NAME} does not record what its outputs were made "
+                                        "from (written by an older m3e-hq): build again, then publish; nothing was "
+                                        "published")
+            record = read_record(path)
+            if record is None:
+                stale.append((f"{stage}/{source}.parquet", "records nothing it was made from (not written by a build)"))
             elif record["id"] != counts.made_from:
-                why = f"was {difference(record, summary.params)}"
-            else:
-                continue
-            stale.append((f"{stage}/{source}.parquet", why))
+                stale.append((f"{stage}/{source}.parquet", f"was {difference(record, summary.params)}"))
     if stale:
         (first, why), others = stale[0], [name for name, _ in stale[1:]]
         more = f" (and {len(others)} more: {', '.join(others[:5])}{', ...' if len(others) > 5 else ''})" if others else ""

@@ -111,24 +111,3 @@ def without_record(table: pa.Table) -> pa.Table:
     """`table` without the MadeFrom record of the stage output it was read from (its other metadata kept)."""
     metadata = {k: v for k, v in (table.schema.metadata or {}).items() if k != METADATA_KEY}
     return table.replace_schema_metadata(metadata or None)
-
-
-def difference(record: dict[str, Any], params: dict[str, Any] | None) -> str:
-    """How a stage output's record differs from the build's: the settings that differ (`mine.negatives.num_negatives
-    3 (the manifest's build: 7)`), else that its inputs do."""
-    here, there = flat(record["params"], record["stage"]), flat(params or {}, record["stage"])
-    if params is not None and here != there:
-        changed = [f"{k} {here.get(k)!r} (the manifest's build: {there.get(k)!r})"
-                   for k in sorted(here.keys() | there.keys()) if here.get(k) != there.get(k)]
-        return f"made with {', '.join(changed)}"
-    return "made from other inputs (a stage before it ran again with other settings or files)"
-
-
-def flat(params: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """Nested parameters as one level of dotted names: {"negatives": {"num_negatives": 7}} -> {"mine.negatives.num_
-    negatives": 7} under the prefix "mine"."""
-    found = {}
-    for key, value in params.items():
-        name = f"{prefix}.{key}"
-        found |= flat(value, name) if isinstance(value, dict) else {name: value}
-    return found

@@ -37,7 +37,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from m3e_hq.flows.core.accounting import OutputError, writing
-from m3e_hq.flows.core.lineage import difference, read_record, without_record
+from m3e_hq.flows.core.lineage import read_record, without_record
 from m3e_hq.flows.core.model_names import DEFAULT_ENCODER
 from m3e_hq.flows.core.publish_params import PublishParams
 from m3e_hq.schemas import M3E_HQ_SCHEMA, M3E_HQ_WITH_SCORE_SCHEMA, MANIFEST_NAME, Manifest, ObtainedSummary
@@ -381,6 +381,18 @@ def check_made_from(build_dir: Path, manifest: Manifest, sources: list[str]) -> 
         raise StaleOutputsError(f"{build_dir / first} {why}{more}: these are not the outputs of the build that "
                                 f"{build_dir / MANIFEST_NAME} describes (a later build into this folder did not "
                                 "finish); run that build again to finish it, then publish; nothing was published")
+
+
+def difference(record: dict[str, Any], params: dict[str, Any] | None) -> str:
+    """How a stage output's record (`flows.core.lineage`) differs from the manifest's stage: the settings that
+    differ (`mine.negatives.num_negatives 3 (the manifest's build: 7)`), else that its inputs do."""
+    prefix = f"{record['stage']}."
+    here, there = dict(flatten(record["params"], prefix)), dict(flatten(params or {}, prefix))
+    if params is not None and here != there:
+        changed = [f"{k} {here.get(k)!r} (the manifest's build: {there.get(k)!r})"
+                   for k in sorted(here.keys() | there.keys()) if here.get(k) != there.get(k)]
+        return f"made with {', '.join(changed)}"
+    return "made from other inputs (a stage before it ran again with other settings or files)"
 
 
 def plan_sources(manifest: Manifest, catalog: Catalog, params: PublishParams) -> tuple[list[str], dict[str, str]]:

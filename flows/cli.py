@@ -45,6 +45,10 @@ OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES
                            errno.ENOTDIR, errno.EEXIST})
 OUTPUT_FAILED = 3  # exit status of a build or export stopped by an output that could not be written
 FOLDER_BUSY = 5  # exit status of a build whose folder another build holds
+# What to do once space is freed or another folder chosen: a build whose flow had started or not, an export.
+AFTER_STAGES = "then run the command again: the stages that completed are not run again"
+BEFORE_STAGES = "then run the command again. No stage ran"
+EXPORT_AGAIN = "then run the command again"
 PUSH_FAILED = 6  # exit status of a build, export or push whose upload to the Hub failed (published locally)
 
 app = typer.Typer(help="Build m3e-hq, the cleaned M3E Chinese text-pair dataset, from its 29 sources.",
@@ -444,7 +448,8 @@ def build(
     try:
         check_writable(params.build_dir)
     except OSError as exc:
-        console.print(f"[red]error:[/red] {escape(output_failure(exc, params.build_dir, ran=False))}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(output_failure(exc, params.build_dir, BEFORE_STAGES))}",
+                      soft_wrap=True)
         raise typer.Exit(OUTPUT_FAILED) from None
     try:
         with build_lock(params.build_dir), progress.showing(console), quiet_output_errors(), one_api_server(runner):
@@ -458,7 +463,7 @@ def build(
     except OSError as exc:
         if not output_problem(exc):
             raise
-        console.print(f"[red]error:[/red] {escape(output_failure(exc, params.build_dir, ran=True))}",
+        console.print(f"[red]error:[/red] {escape(output_failure(exc, params.build_dir, AFTER_STAGES))}",
                       soft_wrap=True)
         raise typer.Exit(OUTPUT_FAILED) from None
     results = summary["results"]
@@ -520,28 +525,18 @@ def quiet_output_errors() -> Iterator[None]:
             handler.removeFilter(quiet)
 
 
-def output_failure(exc: OSError, build_dir: Path, ran: bool) -> str:
-    """What could not be written and why, what to do, and that nothing was published; `ran`: whether the flow had
-    started (else no stage ran)."""
-    where = Path(exc.filename) if exc.filename else build_dir
-    option = "--out DIR" if where.is_relative_to(build_dir) else "--cache-dir DIR"
-    reason = os_reason(exc)
-    again = "then run the command again: the stages that completed are not run again" if ran else \
-        "then run the command again. No stage ran"
-    return (f"cannot write {where}: {reason}. {remedy(exc, where)}, or choose another folder with "
-            f"{option}, {again}. Nothing was published: the datasets in {build_dir} (if any) are as they were.")
+def output_failure(exc: OSError, folder: Path, then: str) -> str:
+    """What could not be written in or beside `folder` (the build folder, or export's --out) and why, what to do and
+    `then`, and that nothing was published."""
+    where = Path(exc.filename) if exc.filename else folder
+    option = "--out DIR" if where.is_relative_to(folder) else "--cache-dir DIR"
+    return (f"cannot write {where}: {os_reason(exc)}. {remedy(exc, where)}, or choose another folder with "
+            f"{option}, {then}. Nothing was published: the datasets in {folder} (if any) are as they were.")
 
 
 def os_reason(exc: OSError) -> str:
     """Why a write failed: the errno's text, else the error's own."""
     return os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc)
-
-
-def export_failure(exc: OSError, out: Path) -> str:
-    """What `m3e-hq export` could not write and why, what to do, and that nothing was published."""
-    where = Path(exc.filename) if exc.filename else out
-    return (f"cannot write {where}: {os_reason(exc)}. {remedy(exc, where)}, or choose another folder with --out DIR, "
-            f"then run the command again. Nothing was published: the datasets in {out} (if any) are as they were.")
 
 
 def remedy(exc: OSError, where: Path) -> str:
@@ -732,7 +727,7 @@ def export(
     E.g. the commercial-only subset. The datasets go into OUT; with --push-to-hub, to the Hub too."""
     from m3e_hq.flows.pipeline.build import push_both
     from m3e_hq.flows.pipeline.params import default_build_dir
-    from m3e_hq.flows.pipeline.push import PushError
+    from m3e_hq.flows.pipeline.push import PushError, check_repo_id
     from m3e_hq.flows.stages.publish import PublishParams, publish
     from m3e_hq.sources.catalog import default_catalog
 
@@ -740,9 +735,12 @@ def export(
     if not finished(build):
         console.print(f"[red]error:[/red] {escape(unfinished_build(build))}", soft_wrap=True)
         raise typer.Exit(2)
-    if push_to_hub and push_to_hub.count("/") != 1:
-        console.print(f"[red]error:[/red] --push-to-hub takes ORG/NAME, got {escape(repr(push_to_hub))}")
-        raise typer.Exit(2)
+    try:
+        if push_to_hub:
+            check_repo_id(push_to_hub)
+    except PushError as exc:
+        console.print(f"[red]error:[/red] --push-to-hub: {escape(str(exc))}")
+        raise typer.Exit(2) from None
     params = PublishParams(commercial_only=commercial_only, include_unknown_license=include_unknown_license)
     try:
         result = publish(build, out, params, default_catalog())
@@ -752,7 +750,7 @@ def export(
     except OSError as exc:
         if not output_problem(exc):
             raise
-        console.print(f"[red]error:[/red] {escape(export_failure(exc, out))}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(output_failure(exc, out, EXPORT_AGAIN))}", soft_wrap=True)
         raise typer.Exit(OUTPUT_FAILED) from None
     for source, why in result.excluded.items():
         console.print(f"left out {source}: {why}", soft_wrap=True)

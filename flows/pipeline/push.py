@@ -49,10 +49,15 @@ def verify(folder: Path) -> int:
     return len(listed)
 
 
-def push_to_hub(folder: Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
-    """Create the dataset repo `repo_id` (ORG/NAME) if needed and upload `folder` as one commit; its commit URL."""
+def check_repo_id(repo_id: str) -> None:
+    """Raise PushError unless `repo_id` is ORG/NAME."""
     if repo_id.count("/") != 1:
         raise PushError(f"a dataset repo is named ORG/NAME, got {repo_id!r}")
+
+
+def push_to_hub(folder: Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Create the dataset repo `repo_id` (ORG/NAME) if needed and upload `folder` as one commit; its commit URL."""
+    check_repo_id(repo_id)
     files = verify(folder)
     api = HfApi(endpoint=endpoint(), token=token, headers=headers())
     try:
